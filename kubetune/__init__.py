@@ -1,0 +1,3 @@
+"""kubetune: Kubernetes-native LLM fine-tuning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,786 @@
+"""The FineTuneJob schema, `kubetune.io/v1alpha1`.
+
+This module is the single source of truth for the contract: the CRD in `crds/` is generated from
+these models (`kubetune crd > crds/finetunejob.yaml`), `kubetune validate` checks files against
+them, the renderer reads them, and the trainer reads the same resolved object from its ConfigMap.
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+Every field carries a description so that `kubectl explain finetunejob.spec...` is useful.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+# Marks a field whose content is a free-form Kubernetes object (affinity, tolerations) in the CRD.
+PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """CEL validation rules (rule, message) for fields that span several properties."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Enums
+# --------------------------------------------------------------------------------------------
+
+
+class DataFormat(str, Enum):
+    auto = "auto"
+    alpaca = "alpaca"
+    sharegpt = "sharegpt"
+    openai = "openai"
+
+
+class DatasetSplit(str, Enum):
+    train = "train"
+    validation = "validation"
+
+
+# Template names follow LLaMA-Factory's. `auto` means the tokenizer's own chat template.
+TEMPLATE_NAMES = (
+    "auto",
+    "default",
+    "chatml",
+    "qwen",
+    "llama3",
+    "llama2",
+    "mistral",
+    "gemma",
+    "phi",
+    "deepseek",
+    "alpaca",
+)
+TemplateName = Literal[
+    "auto", "default", "chatml", "qwen", "llama3", "llama2", "mistral", "gemma", "phi", "deepseek", "alpaca"
+]
+
+
+class MethodType(str, Enum):
+    lora = "lora"
+    qlora = "qlora"
+    full = "full"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class Scheduler(str, Enum):
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+
+
+class DeepSpeedStage(str, Enum):
+    none = "none"
+    zero2 = "zero2"
+    zero3 = "zero3"
+
+
+class Offload(str, Enum):
+    none = "none"
+    cpu = "cpu"
+
+
+class MixStrategy(str, Enum):
+    concat = "concat"
+    interleave = "interleave"
+
+
+class InvalidRowPolicy(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+class TrainOn(str, Enum):
+    assistant = "assistant"
+    all = "all"
+    last_turn = "lastTurn"
+
+
+class NcclDebug(str, Enum):
+    off = "OFF"
+    version = "VERSION"
+    warn = "WARN"
+    info = "INFO"
+    trace = "TRACE"
+
+
+# --------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------
+
+# What a model or dataset source may look like. Hub ids are `org/name` (or `name`).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def check_storage_uri(value: str, *, what: str, allow_hub: bool) -> str:
+    """Accept s3://bucket/key, file:///path, /abs/path, ./rel/path and (if allowed) hub ids."""
+    v = value.strip()
+    if not v:
+        raise ValueError(f"{what} must not be empty")
+    if "://" in v:
+        scheme = v.split("://", 1)[0].lower()
+        if scheme == "s3":
+            rest = v[5:]
+            bucket = rest.split("/", 1)[0]
+            if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+                raise ValueError(f"'{v}' has no valid bucket name after s3://")
+            return v
+        if scheme == "file":
+            if not v[7:]:
+                raise ValueError(f"'{v}' has no path after file://")
+            return v
+        hint = " (use s3:// for MinIO/Ceph/GCS-interop/SeaweedFS too)" if scheme in {"s3a", "gs", "minio"} else ""
+        raise ValueError(f"unsupported URI scheme '{scheme}://' in '{v}': use s3://, file:// or a path{hint}")
+    if v.startswith(("/", "./", "../", "~")):
+        return v
+    if allow_hub and _HUB_ID.match(v):
+        return v
+    if allow_hub:
+        raise ValueError(f"'{v}' is neither a hub id (org/name), an s3:// URI, nor a path")
+    raise ValueError(f"'{v}' is neither an s3:// URI nor a path (start local paths with / or ./)")
+
+
+# --------------------------------------------------------------------------------------------
+# Spec
+# --------------------------------------------------------------------------------------------
+
+
+class ModelSpec(_Model):
+    """The base model to fine-tune."""
+
+    source: str = Field(
+        description="Where the base model comes from: a Hugging Face hub id (Qwen/Qwen2.5-7B-Instruct), "
+        "an s3://bucket/prefix/ holding a saved model, or a local/PVC path (/models/x or file:///models/x).",
+        min_length=1,
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit). Only for hub ids."
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow the model repository's own Python code to run. Off unless you trust the source.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return check_storage_uri(v, what="model source", allow_hub=True)
+
+
+class ColumnMapping(_Model):
+    """LLaMA-Factory `dataset_info.json` `columns`: which keys of a row hold what."""
+
+    prompt: str | None = Field(default=None, description="alpaca: the instruction column (default instruction).")
+    query: str | None = Field(default=None, description="alpaca: the input column (default input).")
+    response: str | None = Field(default=None, description="alpaca: the output column (default output).")
+    history: str | None = Field(
+        default=None, description="alpaca: a list of [prompt, response] pairs before this turn (default history)."
+    )
+    messages: str | None = Field(
+        default=None,
+        description="sharegpt/openai: the list of turns (default conversations for sharegpt, messages for openai).",
+    )
+    system: str | None = Field(default=None, description="The system prompt column (default system).")
+    tools: str | None = Field(default=None, description="The tool descriptions column (default tools).")
+
+
+class TagMapping(_Model):
+    """LLaMA-Factory `dataset_info.json` `tags` for sharegpt-style turns."""
+
+    role_tag: str | None = Field(default=None, description="Key of a turn's role (default from).")
+    content_tag: str | None = Field(default=None, description="Key of a turn's text (default value).")
+    user_tag: str | None = Field(default=None, description="Role value of a user turn (default human).")
+    assistant_tag: str | None = Field(default=None, description="Role value of an assistant turn (default gpt).")
+    observation_tag: str | None = Field(
+        default=None, description="Role value of a tool result turn (default observation)."
+    )
+    function_tag: str | None = Field(
+        default=None, description="Role value of a tool call turn (default function_call)."
+    )
+    system_tag: str | None = Field(default=None, description="Role value of a system turn (default system).")
+
+
+class DatasetSpec(_Model):
+    """One dataset of the mix."""
+
+    source: str = Field(
+        description="A file or prefix: s3://bucket/data.jsonl, s3://bucket/prefix/ (every data file under it, "
+        "in name order), a local path or file:// URI, or a hub dataset id where a hub is reachable. "
+        "Files may be .json (array), .jsonl, .parquet or .csv.",
+        min_length=1,
+    )
+    format: DataFormat = Field(
+        default=DataFormat.auto,
+        description="Row layout: alpaca, sharegpt, openai (messages with role/content), or auto to detect it.",
+    )
+    columns: ColumnMapping | None = Field(
+        default=None, description="LLaMA-Factory column mapping; unset keys take the format's defaults."
+    )
+    tags: TagMapping | None = Field(
+        default=None, description="LLaMA-Factory sharegpt tag mapping; unset keys take the defaults."
+    )
+    split: DatasetSplit = Field(
+        default=DatasetSplit.train,
+        description="train, or validation to use this dataset only for evaluation.",
+    )
+    max_samples: int | None = Field(
+        default=None, ge=1, description="Use at most this many rows of this dataset (the first ones)."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return check_storage_uri(v, what="dataset source", allow_hub=True)
+
+
+class DataOptions(_Model):
+    """How datasets are mixed, checked and masked."""
+
+    mix: MixStrategy = Field(
+        default=MixStrategy.concat, description="concat the datasets in order, or interleave them row by row."
+    )
+    validation_split: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Fraction of training rows held out for evaluation (0 = none, unless a dataset has "
+        "split: validation).",
+    )
+    invalid_rows: InvalidRowPolicy = Field(
+        default=InvalidRowPolicy.fail,
+        description="fail: stop before training if any row is invalid, naming file, row and reason. "
+        "skip: leave invalid rows out and list them in the data report.",
+    )
+    train_on: TrainOn = Field(
+        default=TrainOn.assistant,
+        description="Which tokens carry loss: every assistant turn (assistant), every token (all), "
+        "or only the last assistant turn (lastTurn).",
+    )
+
+
+class LoraSpec(_Model):
+    """LoRA adapter settings (also used by qlora)."""
+
+    rank: int = Field(default=16, gt=0, le=1024, description="LoRA rank r.")
+    alpha: int = Field(default=32, gt=0, description="LoRA alpha (scaling = alpha / rank, or alpha / sqrt(rank)).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all"],
+        min_length=1,
+        description="Module names to adapt; [all] means every linear layer except the output head.",
+    )
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA: scale by alpha / sqrt(rank).")
+
+
+class QuantizationSpec(_Model):
+    """bitsandbytes quantization of the frozen base model (qlora only)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="4 (nf4/fp4) or 8 (LLM.int8) bit base weights.")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+
+
+class MethodSpec(_Model):
+    """Which weights train."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.quantization) || (has(self.type) && self.type == 'qlora')",
+                "quantization applies only to type: qlora",
+            ),
+            (
+                "!has(self.lora) || !has(self.type) || self.type != 'full'",
+                "lora settings do not apply to type: full",
+            ),
+        )
+    )
+
+    type: MethodType = Field(
+        default=MethodType.lora,
+        description="lora (adapter on a frozen base), qlora (adapter on a 4/8-bit base), or full (all weights).",
+    )
+    lora: LoraSpec | None = Field(default=None, description="Adapter settings for lora and qlora.")
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="Base-model quantization for qlora (defaults to 4-bit nf4)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MethodSpec:
+        if self.type != MethodType.qlora.value and self.quantization is not None:
+            raise ValueError(
+                f"quantization applies only to type: qlora (type is {self.type}); "
+                "set type: qlora or remove quantization"
+            )
+        if self.type == MethodType.full.value and self.lora is not None:
+            raise ValueError("lora settings do not apply to type: full; remove lora or use type: lora")
+        return self
+
+    def lora_or_default(self) -> LoraSpec:
+        return self.lora or LoraSpec()
+
+    def quantization_or_default(self) -> QuantizationSpec:
+        return self.quantization or QuantizationSpec()
+
+
+class DeepSpeedSpec(_Model):
+    """DeepSpeed ZeRO, generated from these settings."""
+
+    stage: DeepSpeedStage = Field(default=DeepSpeedStage.none, description="none, zero2 or zero3.")
+    offload: Offload = Field(
+        default=Offload.none, description="Offload optimizer state (zero2) and parameters (zero3) to cpu."
+    )
+
+
+class TrainingSpec(_Model):
+    """The training loop."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!has(self.epochs) || !has(self.maxSteps)", "set epochs or maxSteps, not both"),
+            (
+                "!has(self.warmupSteps) || !has(self.warmupRatio)",
+                "set warmupRatio or warmupSteps, not both",
+            ),
+        )
+    )
+
+    epochs: float | None = Field(
+        default=None, gt=0, description="Passes over the training data (default 3 when maxSteps is unset)."
+    )
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Scheduler = Field(default=Scheduler.cosine, description="Learning-rate schedule.")
+    warmup_ratio: float | None = Field(
+        default=None, ge=0, lt=1, description="Fraction of steps spent warming up (default 0.03)."
+    )
+    warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up steps (instead of warmupRatio).")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    per_device_batch_size: int = Field(default=1, ge=1, le=1024, description="Sequences per process per step.")
+    gradient_accumulation_steps: int = Field(default=8, ge=1, le=4096, description="Micro-steps per optimizer step.")
+    cutoff_len: int = Field(default=2048, ge=16, le=1048576, description="Maximum tokens per example.")
+    packing: bool = Field(
+        default=False,
+        description="Pack several examples into one sequence without cross-attention (position ids restart).",
+    )
+    precision: Precision = Field(default=Precision.bf16, description="bf16, fp16 or fp32 (fp32 on CPU).")
+    gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory.")
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
+    seed: int = Field(default=42, ge=0, description="Seed for initialisation, shuffling and dropout.")
+    checkpoint_every_steps: int = Field(
+        default=200, ge=1, description="Save a resumable checkpoint to the output URI every N steps."
+    )
+    keep_checkpoints: int = Field(default=2, ge=1, le=100, description="Complete checkpoints to keep.")
+    eval_every_steps: int | None = Field(
+        default=None, ge=1, description="Evaluate every N steps (default: at each checkpoint)."
+    )
+    logging_steps: int = Field(default=10, ge=1, description="Report progress every N steps.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set epochs or maxSteps, not both")
+        if self.warmup_steps is not None and self.warmup_ratio is not None:
+            raise ValueError("set warmupRatio or warmupSteps, not both")
+        return self
+
+    @property
+    def resolved_epochs(self) -> float:
+        return self.epochs if self.epochs is not None else 3.0
+
+
+class Toleration(_Model):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate (empty = all)."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+
+
+def _check_quantity(v: str | None, what: str) -> str | None:
+    if v is not None and not _QUANTITY.match(str(v)):
+        raise ValueError(f"'{v}' is not a Kubernetes quantity for {what} (e.g. 8, 500m, 64Gi)")
+    return v
+
+
+class ResourcesSpec(_Model):
+    """Where and on how much hardware the job runs."""
+
+    nodes: int = Field(default=1, ge=1, le=1024, description="Pods (one per node): 1 Master + nodes-1 Workers.")
+    gpus_per_node: int = Field(
+        default=1, ge=0, le=64, description="GPUs per pod = training processes per pod (0 = CPU only, 1 process)."
+    )
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPU.")
+    cpu: str | None = Field(default=None, description="CPU request and limit per pod (e.g. 32).")
+    memory: str | None = Field(default=None, description="Memory request and limit per pod (e.g. 256Gi).")
+    shared_memory: str = Field(
+        default="16Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need it)."
+    )
+    node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
+    tolerations: list[Toleration] | None = Field(
+        default=None,
+        description="Pod tolerations. Unset: tolerate the GPU taint (<gpuResource> Exists NoSchedule) on GPU jobs.",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity (core/v1 Affinity), passed through as is.", json_schema_extra=PRESERVE_UNKNOWN
+    )
+    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
+    service_account_name: str | None = Field(
+        default=None,
+        description="Run the pods as this ServiceAccount (e.g. for IRSA). Unset: a per-job account that may "
+        "only report this job's progress.",
+    )
+
+    @field_validator("cpu", "memory", "shared_memory")
+    @classmethod
+    def _quantity(cls, v: str | None) -> str | None:
+        return _check_quantity(v, "a resource")
+
+    @property
+    def procs_per_node(self) -> int:
+        return max(self.gpus_per_node, 1)
+
+
+class NcclSpec(_Model):
+    """NCCL settings for multi-GPU/multi-node communication."""
+
+    socket_ifname: str | None = Field(
+        default=None, description="NCCL_SOCKET_IFNAME: interface(s) for NCCL's socket traffic (e.g. eth0, ^lo)."
+    )
+    ib_disable: bool = Field(default=False, description="NCCL_IB_DISABLE: turn InfiniBand/RoCE off.")
+    debug: NcclDebug = Field(default=NcclDebug.warn, description="NCCL_DEBUG level.")
+    env: dict[str, str] | None = Field(
+        default=None, description="Extra NCCL_* (or other) environment variables for every training container."
+    )
+
+
+class NetworkSpec(_Model):
+    """Networking of the training pods."""
+
+    nccl: NcclSpec = Field(default_factory=NcclSpec, description="NCCL environment.")
+    host_network: bool = Field(
+        default=False, description="Run pods in the host network namespace (some RDMA setups need it)."
+    )
+
+
+class OutputSpec(_Model):
+    """Where the result goes."""
+
+    uri: str = Field(
+        description="Output location: s3://bucket/prefix/ or a path (PVC mount). Holds checkpoints/, "
+        "model/ (merged), adapter/, data_report.json, progress and manifest.json (written last).",
+        min_length=1,
+    )
+    merge: bool = Field(
+        default=True,
+        description="For lora/qlora, also upload a merged model (base + adapter) that vLLM can serve; "
+        "the adapter is uploaded either way.",
+    )
+    shard_size: str = Field(default="5GB", description="Maximum safetensors shard size of the saved model.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return check_storage_uri(v, what="output uri", allow_hub=False)
+
+    @field_validator("shard_size")
+    @classmethod
+    def _shard(cls, v: str) -> str:
+        if not _SIZE.match(v):
+            raise ValueError(f"'{v}' is not a size such as 5GB or 500MB")
+        return v
+
+
+class SecretKeyRefs(_Model):
+    """A Secret holding object-storage credentials."""
+
+    name: str = Field(description="Secret name in the FineTuneJob's namespace.", min_length=1)
+    access_key_id_key: str = Field(default="AWS_ACCESS_KEY_ID", description="Key of the access key id.")
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key."
+    )
+    session_token_key: str | None = Field(
+        default=None, description="Key of a session token, if the Secret has one."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", v) or len(v) > 253:
+            raise ValueError(f"'{v}' is not a valid Secret name")
+        return v
+
+
+class StorageSpec(_Model):
+    """How the pods reach object storage. Unset credentials: the pod's ambient identity (IRSA etc.)."""
+
+    endpoint: str | None = Field(
+        default=None,
+        description="S3 endpoint URL for MinIO/Ceph/SeaweedFS (https://minio.example:9000). Unset: AWS.",
+    )
+    region: str | None = Field(default=None, description="S3 region (e.g. us-east-1).")
+    credentials_secret: SecretKeyRefs | None = Field(
+        default=None,
+        description="Secret with the access keys; referenced through secretKeyRef, never copied.",
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="S3 addressing style (path for most MinIO/Ceph setups)."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"'{v}' is not an http(s):// endpoint URL")
+        return v
+
+
+class RunPolicySpec(_Model):
+    """Kubeflow run policy."""
+
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="Pod restarts before the job fails (each resumes from a checkpoint)."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job after it has run this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the PyTorchJob's pods this long after it finishes."
+    )
+
+
+class FineTuneJobSpec(_Model):
+    """What to fine-tune, on what data, how, where, and where the result goes."""
+
+    model: ModelSpec = Field(description="The base model.")
+    datasets: list[DatasetSpec] = Field(min_length=1, description="One or more datasets, mixed.")
+    data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
+    template: TemplateName = Field(
+        default="auto",
+        description="Chat template: auto (the tokenizer's own) or a named one (chatml, qwen, llama3, llama2, "
+        "mistral, gemma, phi, deepseek, alpaca, default). The exported tokenizer carries the same template.",
+    )
+    method: MethodSpec = Field(default_factory=MethodSpec, description="lora, qlora or full.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="The training loop.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Nodes, GPUs and scheduling.")
+    network: NetworkSpec = Field(default_factory=NetworkSpec, description="NCCL and host networking.")
+    output: OutputSpec = Field(description="Where the model, adapter, checkpoints and manifest go.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object-storage endpoint and credentials.")
+    image: str | None = Field(
+        default=None, description="Trainer image override (default: the one the operator is configured with)."
+    )
+    suspend: bool = Field(
+        default=False, description="Suspend the job (pods are deleted; resuming continues from a checkpoint)."
+    )
+    queue_name: str | None = Field(
+        default=None, description="Kueue LocalQueue name (sets the kueue.x-k8s.io/queue-name label)."
+    )
+    priority: str | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass name (sets the kueue.x-k8s.io/priority-class label).",
+    )
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
+
+    @field_validator("queue_name", "priority")
+    @classmethod
+    def _label_value(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 63 or not _DNS_LABEL.match(v)):
+            raise ValueError(f"'{v}' is not a valid name (lowercase letters, digits and '-', at most 63)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        ds = self.training.deepspeed
+        if self.method.type == MethodType.qlora.value and ds.stage == DeepSpeedStage.zero3.value:
+            raise ValueError(
+                "method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none"
+            )
+        if self.resources.gpus_per_node == 0 and self.training.precision == Precision.fp16.value:
+            raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
+        if not any(d.split == DatasetSplit.train.value for d in self.datasets):
+            raise ValueError("datasets needs at least one dataset with split: train")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------------
+
+
+class Condition(_Model):
+    """A condition shaped like metav1.Condition."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Condition type (Ready, Validated, Training, Succeeded, Failed...).")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation it reflects.")
+
+
+class Progress(_Model):
+    """Training progress reported by the trainer's rank 0."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str | None = Field(
+        default=None, description="preparing, training, exporting, uploading, done or failed."
+    )
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Epochs done (fractional).")
+    percent: float | None = Field(default=None, description="step / totalSteps, in percent.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Trained (non-pad) tokens per second.")
+    eta_seconds: float | None = Field(default=None, description="Estimated seconds to the end of training.")
+    display: str | None = Field(default=None, description="Percent and steps for printer columns (42% 84/200).")
+    eta: str | None = Field(default=None, description="etaSeconds for humans (1h02m).")
+    message: str | None = Field(default=None, description="What the trainer is doing, or why it failed.")
+    updated_at: str | None = Field(default=None, description="When the trainer last reported (RFC 3339).")
+
+
+class DataReportSummary(_Model):
+    """The pre-flight data report, summarised."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rows_read: int | None = Field(default=None, description="Rows read from all datasets.")
+    invalid: int | None = Field(default=None, description="Rows that failed validation.")
+    truncated: int | None = Field(default=None, description="Examples cut to cutoffLen.")
+    dropped: int | None = Field(default=None, description="Examples left out (invalid or no trainable token).")
+    total_tokens: int | None = Field(default=None, description="Tokens after templating.")
+    trainable_tokens: int | None = Field(default=None, description="Tokens that carry loss.")
+    formats: list[str] | None = Field(default=None, description="Detected format of each dataset.")
+    uri: str | None = Field(default=None, description="Where the full data report is.")
+
+
+class Outputs(_Model):
+    """Where the results are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(default=None, description="Merged model (serve with vllm serve <uri>).")
+    adapter: str | None = Field(default=None, description="The LoRA adapter alone.")
+    manifest: str | None = Field(default=None, description="manifest.json, written last: the completion marker.")
+    checkpoints: str | None = Field(default=None, description="Checkpoint prefix (auto-resume reads it).")
+    loss_plot: str | None = Field(default=None, description="Loss curve PNG.")
+
+
+class FineTuneJobStatus(_Model):
+    """Observed state, written by the operator (and progress by the trainer)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: str | None = Field(
+        default=None,
+        description="Pending, Queued, Training, Exporting, Succeeded, Failed or Suspended.",
+    )
+    conditions: list[Condition] | None = Field(default=None, description="metav1.Condition-shaped conditions.")
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.")
+    pytorch_job: str | None = Field(default=None, description="Name of the child Kubeflow PyTorchJob.")
+    start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
+    completion_time: str | None = Field(default=None, description="When the job finished (RFC 3339).")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    data_report: DataReportSummary | None = Field(default=None, description="Data report summary.")
+    outputs: Outputs | None = Field(default=None, description="Result URIs.")
+
+
+class ObjectMeta(BaseModel):
+    """The part of metav1.ObjectMeta the tools read; the rest is passed through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    uid: str | None = None
+    generation: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", v):
+            raise ValueError(
+                f"'{v}' is not a valid name: lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit"
+            )
+        return v
+
+
+class FineTuneJob(BaseModel):
+    """A fine-tuning job: one base model, some data, one method, one output."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["FineTuneJob"]
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+    def to_manifest(self, *, with_status: bool = False) -> dict[str, Any]:
+        """The object as Kubernetes YAML/JSON, defaults filled in."""
+        out = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+        if with_status and self.status is not None:
+            out["status"] = self.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return out
+
+
+def now_rfc3339() -> str:
+    from datetime import timezone
+
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,226 @@
+"""Turn YAML text into FineTuneJobs, or into a list of problems each naming its field.
+
+Used by `kubetune validate`, `kubetune render`, the operator (InvalidSpec condition) and the
+trainer, so that every entry point says the same thing about the same mistake.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kubetune.api import v1alpha1 as api
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a document: where (a dotted field path) and what."""
+
+    path: str
+    message: str
+    source: str = ""  # file name and document index, when known
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
+
+
+class SpecError(ValueError):
+    """A FineTuneJob that does not validate. `problems` has one entry per mistake."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _loc_to_path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that the location points into (for 'did you mean')."""
+    model: type[BaseModel] | None = api.FineTuneJob
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = None
+        for name, info in model.model_fields.items():
+            if part in (name, info.alias):
+                field = info
+                break
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _message(err: Any) -> tuple[tuple[int | str, ...], str]:
+    """A short, human message for one pydantic error, and the location it belongs to."""
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        parent, name = loc[:-1], str(loc[-1])
+        model = _model_at(parent)
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(name, _field_names(model), n=1, cutoff=0.6)
+            if not close:
+                lowered = {n.lower(): n for n in _field_names(model)}
+                flat = name.replace("_", "").replace("-", "").lower()
+                close = [lowered[flat]] if flat in lowered else []
+            if close:
+                hint = f" (did you mean '{close[0]}'?)"
+            else:
+                hint = f" (known fields: {', '.join(_field_names(model))})"
+        return loc, f"unknown field '{name}'{hint}"
+    if kind == "missing":
+        return loc, "required field is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return loc, f"must be {op} {bound} (got {_shown(value)})"
+    if kind in ("enum", "literal_error"):
+        expected = str(ctx.get("expected", "")).replace("'", "")
+        suggestion = ""
+        if isinstance(value, str):
+            options = [o.strip() for o in expected.replace(" or ", ",").split(",") if o.strip()]
+            close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+            if close:
+                suggestion = f" (did you mean '{close[0]}'?)"
+        return loc, f"must be one of {expected} (got {_shown(value)}){suggestion}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return loc, f"must be a whole number (got {_shown(value)})"
+    if kind in ("float_type", "float_parsing"):
+        return loc, f"must be a number (got {_shown(value)})"
+    if kind in ("bool_type", "bool_parsing"):
+        return loc, f"must be true or false (got {_shown(value)})"
+    if kind == "string_type":
+        return loc, f"must be a string (got {_shown(value)})"
+    if kind == "list_type":
+        return loc, f"must be a list (got {_shown(value)})"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return loc, f"must be a mapping of fields (got {_shown(value)})"
+    if kind in ("too_short", "string_too_short"):
+        n = ctx.get("min_length", 1)
+        what = "character" if kind == "string_too_short" else "item"
+        return loc, f"must have at least {n} {what}{'s' if n != 1 else ''}"
+    if kind in ("too_long", "string_too_long"):
+        return loc, f"must have at most {ctx.get('max_length')} {'characters' if 'string' in kind else 'items'}"
+    if kind == "value_error":
+        return loc, str(ctx.get("error", err["msg"]))
+    return loc, str(err["msg"])
+
+
+def problems_from_validation_error(exc: ValidationError, source: str = "") -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc, msg = _message(err)
+        # Literal/enum unions report once per member type; keep one line per field.
+        key = (_loc_to_path(loc), msg)
+        if key in seen:
+            continue
+        seen.add(key)
+        problems.append(Problem(_loc_to_path(loc), msg, source))
+    return problems
+
+
+def parse_job(doc: Any, source: str = "") -> api.FineTuneJob:
+    """Validate one decoded document. Raises SpecError listing every problem."""
+    if not isinstance(doc, dict):
+        raise SpecError([Problem("", f"expected a Kubernetes object (a mapping), got {_shown(doc)}", source)])
+    head: list[Problem] = []
+    if doc.get("apiVersion") != api.API_VERSION:
+        got = doc.get("apiVersion")
+        head.append(Problem("apiVersion", f"must be {api.API_VERSION} (got {_shown(got)})", source))
+    if doc.get("kind") != api.KIND:
+        head.append(Problem("kind", f"must be {api.KIND} (got {_shown(doc.get('kind'))})", source))
+    if head:
+        raise SpecError(head)
+    try:
+        return api.FineTuneJob.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(problems_from_validation_error(exc, source)) from None
+
+
+def load_documents(text: str, source: str = "") -> list[tuple[str, Any]]:
+    """Split YAML text into (label, document) pairs; empty documents are skipped."""
+    try:
+        docs = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([Problem("", f"not valid YAML{where}: {problem}", source)]) from None
+    labelled = []
+    non_empty = [d for d in docs if d is not None]
+    for i, doc in enumerate(non_empty):
+        label = f"{source}#{i + 1}" if len(non_empty) > 1 else source
+        labelled.append((label, doc))
+    if not labelled:
+        raise SpecError([Problem("", "no YAML document found", source)])
+    return labelled
+
+
+def load_jobs(text: str, source: str = "") -> list[api.FineTuneJob]:
+    """Every FineTuneJob in the text; SpecError with all problems of all documents if any is bad."""
+    jobs: list[api.FineTuneJob] = []
+    problems: list[Problem] = []
+    for label, doc in load_documents(text, source):
+        try:
+            jobs.append(parse_job(doc, label))
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems)
+    return jobs
+
+
+def load_job_file(path: str) -> api.FineTuneJob:
+    """Exactly one FineTuneJob from a file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise SpecError([Problem("", f"cannot read file: {exc.strerror}", path)]) from None
+    except UnicodeDecodeError:
+        raise SpecError([Problem("", "file is not UTF-8 text", path)]) from None
+    jobs = load_jobs(text, path)
+    if len(jobs) != 1:
+        raise SpecError([Problem("", f"expected one FineTuneJob, found {len(jobs)}", path)])
+    return jobs[0]
