@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -27,7 +27,7 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
 # Marks a field whose content is a free-form Kubernetes object (affinity, tolerations) in the CRD.
-PRESERVE_UNKNOWN = {"x-kubernetes-preserve-unknown-fields": True}
+PRESERVE_UNKNOWN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields": True}
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -463,7 +463,9 @@ class ResourcesSpec(_Model):
         description="Pod tolerations. Unset: tolerate the GPU taint (<gpuResource> Exists NoSchedule) on GPU jobs.",
     )
     affinity: dict[str, Any] | None = Field(
-        default=None, description="Pod affinity (core/v1 Affinity), passed through as is.", json_schema_extra=PRESERVE_UNKNOWN
+        default=None,
+        description="Pod affinity (core/v1 Affinity), passed through as is.",
+        json_schema_extra=PRESERVE_UNKNOWN,
     )
     priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
     service_account_name: str | None = Field(

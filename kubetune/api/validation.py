@@ -103,10 +103,7 @@ def _message(err: Any) -> tuple[tuple[int | str, ...], str]:
                 lowered = {n.lower(): n for n in _field_names(model)}
                 flat = name.replace("_", "").replace("-", "").lower()
                 close = [lowered[flat]] if flat in lowered else []
-            if close:
-                hint = f" (did you mean '{close[0]}'?)"
-            else:
-                hint = f" (known fields: {', '.join(_field_names(model))})"
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known fields: {', '.join(_field_names(model))})"
         return loc, f"unknown field '{name}'{hint}"
     if kind == "missing":
         return loc, "required field is missing"

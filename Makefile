@@ -1,0 +1,64 @@
+# The commands the README tells you to run. `make help` lists them.
+#   make quickstart   set up, build the tiny model, fine-tune it on this machine (CPU, a few minutes)
+#   make test         set up, then run the unit and integration tests (what CI runs)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kubetune-installed
+# The CPU build of torch the project pins; an unpinned torch would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: help setup quickstart test test-unit test-integration lint typecheck check crd bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[train,test]"
+	@if [ -x scripts/install-helm.sh ]; then scripts/install-helm.sh; fi
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the training stack and test tools
+
+quickstart: setup  ## build the tiny model and run examples/quickstart.yaml on this machine
+	$(BIN)/python examples/build_tiny_model.py runs/tiny-model
+	$(BIN)/kubetune run examples/quickstart.yaml --local
+
+# pytest exits 5 when a selection collects nothing; that is not a failure of the code.
+define run_pytest
+	$(BIN)/python -m pytest $(1) $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected in $(1)"; rc=0; fi; exit $$rc
+endef
+
+test: setup  ## run every test: fast unit tests, then integration tests (S3, API server, operator, torchrun)
+	$(call run_pytest,tests/unit -m "not integration")
+	$(call run_pytest,tests -m integration)
+
+test-unit: setup  ## fast unit tests only
+	$(call run_pytest,tests/unit -m "not integration")
+
+test-integration: setup  ## integration tests only
+	$(call run_pytest,tests -m integration)
+
+lint: setup  ## ruff
+	$(BIN)/ruff check kubetune tests bench examples
+
+typecheck: setup  ## mypy
+	$(BIN)/mypy
+
+check: lint typecheck test  ## everything CI would want
+
+crd: setup  ## regenerate crds/finetunejob.yaml (and the chart's copy) from kubetune/api
+	$(BIN)/kubetune crd -o crds/finetunejob.yaml
+	@if [ -f scripts/sync-chart-crd.py ]; then $(BIN)/python scripts/sync-chart-crd.py; fi
+
+bench: setup  ## benchmarks (print ratios against a baseline measured in the same run)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:  ## remove the venv, caches and local runs
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

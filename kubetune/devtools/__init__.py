@@ -1,0 +1,1 @@
+"""Helpers for tests, benchmarks and the offline quickstart: a tiny model and a local S3 server."""

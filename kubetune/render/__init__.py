@@ -1,0 +1,380 @@
+"""FineTuneJob -> the Kubernetes objects that run it. Pure functions: no I/O, no clients.
+
+`kubetune render` prints `build_children(job, settings)`; the operator creates exactly that list
+(adding owner references). What ends up in the cluster:
+
+- ConfigMap `<name>-config`: the fully resolved FineTuneJob the trainer reads (`config.yaml`).
+- ServiceAccount/Role/RoleBinding `<name>-trainer` (unless spec.resources.serviceAccountName is set):
+  the pods may `get`/`patch` only this FineTuneJob's status, which is how progress reaches
+  `kubectl get ftj`.
+- PyTorchJob `<name>` (kubeflow.org/v1): Master x1 + Worker x(nodes-1), container `pytorch`
+  running torchrun, GPUs, /dev/shm, NCCL env, credentials through secretKeyRef only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kubetune import __version__
+from kubetune.api import v1alpha1 as api
+
+CONFIG_DIR = "/etc/kubetune"
+CONFIG_KEY = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+CACHE_DIR = "/var/cache/kubetune"
+CONTAINER_NAME = "pytorch"  # the Kubeflow training operator requires this name
+DEFAULT_MASTER_PORT = 23456
+
+# Kubeflow names pods and Services `<job>-worker-<index>`; Services must be DNS-1035 labels
+# (<= 63 characters, starting with a letter), so the PyTorchJob name leaves room for the suffix.
+MAX_JOB_NAME = 63 - len("-worker-") - 4
+LABEL_JOB = "kubetune.io/finetunejob"
+ANNOTATION_CONFIG_HASH = "kubetune.io/config-hash"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Cluster-wide defaults the operator injects (set by the Helm chart)."""
+
+    trainer_image: str = f"ghcr.io/kubetune/trainer:{__version__}"
+    image_pull_policy: str = "IfNotPresent"
+    # Time for the trainer to write a checkpoint after SIGTERM (preemption, eviction, suspend).
+    termination_grace_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    pytorchjob: str
+    configmap: str
+    service_account: str
+    role: str
+    role_binding: str
+
+
+def _digest(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def short_name(name: str, max_len: int) -> str:
+    """A DNS-1035 label of at most max_len characters, stable for the same input.
+
+    Long names keep their start and get a hash of the full name, so two long names that share a
+    prefix never collide.
+    """
+    out = name if name[:1].isalpha() else f"ftj-{name}"
+    if len(out) <= max_len:
+        return out
+    keep = max_len - 7
+    return f"{out[:keep].rstrip('-')}-{_digest(name)}"
+
+
+def child_names(job: api.FineTuneJob) -> ChildNames:
+    base = short_name(job.name, MAX_JOB_NAME)
+    # ConfigMap/SA/Role names may be 253 long, but sharing the base keeps them recognisable.
+    return ChildNames(
+        pytorchjob=base,
+        configmap=f"{base}-config",
+        service_account=f"{base}-trainer",
+        role=f"{base}-trainer",
+        role_binding=f"{base}-trainer",
+    )
+
+
+def labels(job: api.FineTuneJob) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kubetune-trainer",
+        "app.kubernetes.io/instance": short_name(job.name, 63),
+        "app.kubernetes.io/managed-by": "kubetune",
+        "app.kubernetes.io/part-of": "kubetune",
+        LABEL_JOB: short_name(job.name, 63),
+    }
+
+
+def _meta(job: api.FineTuneJob, name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "namespace": job.namespace, "labels": {**labels(job), **(extra_labels or {})}}
+
+
+# --------------------------------------------------------------------------------------------
+# ConfigMap
+# --------------------------------------------------------------------------------------------
+
+
+def resolved_config(job: api.FineTuneJob) -> dict[str, Any]:
+    """The FineTuneJob as the trainer sees it: every default filled in, no status, no cluster noise."""
+    manifest = job.to_manifest()
+    manifest["metadata"] = {
+        k: v for k, v in manifest["metadata"].items() if k in ("name", "namespace", "uid", "generation")
+    }
+    manifest["metadata"].setdefault("namespace", job.namespace)
+    return manifest
+
+
+def config_yaml(job: api.FineTuneJob) -> str:
+    header = f"# Resolved by kubetune from FineTuneJob {job.namespace}/{job.name}. The trainer reads this file.\n"
+    return header + yaml.safe_dump(resolved_config(job), sort_keys=False)
+
+
+def build_configmap(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, child_names(job).configmap),
+        "data": {CONFIG_KEY: config_yaml(job)},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# RBAC for progress reporting
+# --------------------------------------------------------------------------------------------
+
+
+def build_rbac(job: api.FineTuneJob, settings: RenderSettings) -> list[dict[str, Any]]:
+    """A ServiceAccount that may read this FineTuneJob and patch its status, nothing else."""
+    if job.spec.resources.service_account_name:
+        return []
+    names = child_names(job)
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, names.service_account)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(job, names.role),
+            "rules": [
+                {
+                    "apiGroups": [api.GROUP],
+                    "resources": [api.PLURAL],
+                    "resourceNames": [job.name],
+                    "verbs": ["get"],
+                },
+                {
+                    "apiGroups": [api.GROUP],
+                    "resources": [f"{api.PLURAL}/status"],
+                    "resourceNames": [job.name],
+                    "verbs": ["get", "patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(job, names.role_binding),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
+            "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": job.namespace}],
+        },
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorchJob
+# --------------------------------------------------------------------------------------------
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def trainer_env(job: api.FineTuneJob) -> list[dict[str, Any]]:
+    """Environment of every training container (also what `kubetune run --local` sets)."""
+    spec = job.spec
+    nccl = spec.network.nccl
+    env = [
+        _env("KUBETUNE_CONFIG", CONFIG_PATH),
+        _env("KUBETUNE_JOB_NAME", job.name),
+        _env("KUBETUNE_JOB_NAMESPACE", job.namespace),
+        _env("KUBETUNE_STATUS_REPORTING", "kubernetes"),
+        _env("KUBETUNE_CACHE_DIR", CACHE_DIR),
+        _env("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"),
+        _env("HF_HOME", f"{CACHE_DIR}/hf"),
+        _env("PYTHONUNBUFFERED", "1"),
+        _env("TOKENIZERS_PARALLELISM", "false"),
+        # Fail fast on a hung collective instead of waiting for the NCCL watchdog's default.
+        _env("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+        _env("NCCL_DEBUG", str(nccl.debug)),
+        _env("NCCL_IB_DISABLE", "1" if nccl.ib_disable else "0"),
+    ]
+    if nccl.socket_ifname:
+        env.append(_env("NCCL_SOCKET_IFNAME", nccl.socket_ifname))
+    for key in sorted(nccl.env or {}):
+        env.append(_env(key, (nccl.env or {})[key]))
+    storage = spec.storage
+    if storage.endpoint:
+        env.append(_env("AWS_ENDPOINT_URL", storage.endpoint))
+    if storage.region:
+        env.append(_env("AWS_REGION", storage.region))
+        env.append(_env("AWS_DEFAULT_REGION", storage.region))
+    secret = storage.credentials_secret
+    if secret is not None:
+        refs = [
+            ("AWS_ACCESS_KEY_ID", secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", secret.secret_access_key_key),
+        ]
+        if secret.session_token_key:
+            refs.append(("AWS_SESSION_TOKEN", secret.session_token_key))
+        for var, key in refs:
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    return env
+
+
+def torchrun_args(config_path: str = CONFIG_PATH) -> list[str]:
+    # torchrun reads PET_NNODES, PET_NPROC_PER_NODE and PET_NODE_RANK (set by the Kubeflow operator)
+    # itself; the rendezvous address comes from the MASTER_* variables Kubeflow injects.
+    return [
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "kubetune.trainer",
+        "--config",
+        config_path,
+    ]
+
+
+def _resources(spec: api.FineTuneJobSpec) -> dict[str, Any]:
+    res = spec.resources
+    limits: dict[str, Any] = {}
+    requests: dict[str, Any] = {}
+    if res.gpus_per_node > 0:
+        limits[res.gpu_resource] = res.gpus_per_node
+        requests[res.gpu_resource] = res.gpus_per_node
+    if res.cpu:
+        limits["cpu"] = requests["cpu"] = res.cpu
+    if res.memory:
+        limits["memory"] = requests["memory"] = res.memory
+    out: dict[str, Any] = {}
+    if limits:
+        out["limits"] = limits
+    if requests:
+        out["requests"] = requests
+    return out
+
+
+def _tolerations(spec: api.FineTuneJobSpec) -> list[dict[str, Any]]:
+    res = spec.resources
+    if res.tolerations is not None:
+        return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations]
+    if res.gpus_per_node > 0:
+        # GPU node pools are usually tainted with the GPU resource name (GKE, EKS, AKS, GPU operator).
+        return [{"key": res.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+    return []
+
+
+def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
+    spec = job.spec
+    res = spec.resources
+    names = child_names(job)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["torchrun"],
+        "args": torchrun_args(),
+        "env": trainer_env(job),
+        "volumeMounts": [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "cache", "mountPath": CACHE_DIR},
+        ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        "serviceAccountName": res.service_account_name or names.service_account,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "containers": [container],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
+            {"name": "config", "configMap": {"name": names.configmap}},
+            {"name": "cache", "emptyDir": {}},
+        ],
+    }
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.affinity:
+        pod["affinity"] = res.affinity
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    if spec.network.host_network:
+        pod["hostNetwork"] = True
+        pod["dnsPolicy"] = "ClusterFirstWithHostNet"
+    return {"metadata": {"labels": labels(job)}, "spec": pod}
+
+
+def build_pytorchjob(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
+    spec = job.spec
+    res = spec.resources
+    names = child_names(job)
+    template = pod_template(job, settings)
+    replica_specs: dict[str, Any] = {
+        "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
+    }
+    if res.nodes > 1:
+        replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    run_policy: dict[str, Any] = {
+        "backoffLimit": spec.run_policy.backoff_limit,
+        # Pods still running when the job ends (workers after the master finished) hold GPUs.
+        "cleanPodPolicy": "Running",
+        "suspend": spec.suspend,
+    }
+    if spec.run_policy.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    extra: dict[str, str] = {}
+    if spec.queue_name:
+        extra["kueue.x-k8s.io/queue-name"] = spec.queue_name
+    if spec.priority:
+        extra["kueue.x-k8s.io/priority-class"] = spec.priority
+    meta = _meta(job, names.pytorchjob, extra)
+    meta["annotations"] = {ANNOTATION_CONFIG_HASH: _digest(config_yaml(job), 16)}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": meta,
+        "spec": {
+            "nprocPerNode": str(res.procs_per_node),
+            "runPolicy": run_policy,
+            "pytorchReplicaSpecs": replica_specs,
+        },
+    }
+
+
+def build_children(job: api.FineTuneJob, settings: RenderSettings | None = None) -> list[dict[str, Any]]:
+    """Everything the operator creates for a FineTuneJob, in creation order (PyTorchJob last)."""
+    settings = settings or RenderSettings()
+    return [build_configmap(job, settings), *build_rbac(job, settings), build_pytorchjob(job, settings)]
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(json.loads(json.dumps(objects)), sort_keys=False, explicit_start=True)
+
+
+__all__ = [
+    "ANNOTATION_CONFIG_HASH",
+    "CONFIG_PATH",
+    "LABEL_JOB",
+    "ChildNames",
+    "RenderSettings",
+    "build_children",
+    "build_configmap",
+    "build_pytorchjob",
+    "build_rbac",
+    "child_names",
+    "config_yaml",
+    "labels",
+    "pod_template",
+    "resolved_config",
+    "short_name",
+    "to_yaml",
+    "torchrun_args",
+    "trainer_env",
+]

@@ -1,0 +1,107 @@
+"""`kubetune validate`: one clear line per problem, naming the field; exit 1; never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+
+
+def _write(tmp_path: Path, doc: Any) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return str(path)
+
+
+def _with(spec_patch: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    doc = {**BASE, **top}
+    doc["spec"] = {**BASE["spec"], **(spec_patch or {})}
+    return doc
+
+
+BAD = [
+    ("not-yaml", "spec: [unclosed", "", "not valid YAML at line 1"),
+    ("scalar", "just a string", "", "expected a Kubernetes object"),
+    ("api-version", _with(apiVersion="kubetune.io/v1"), "apiVersion", "must be kubetune.io/v1alpha1"),
+    ("kind", _with(kind="TrainJob"), "kind", "must be FineTuneJob"),
+    ("unknown-field", _with({"trainng": {}}), "spec.trainng", "did you mean 'training'?"),
+    ("unknown-nested", _with({"method": {"type": "lora", "lora": {"rnak": 8}}}), "spec.method.lora.rnak",
+     "did you mean 'rank'?"),
+    ("rank-zero", _with({"method": {"type": "lora", "lora": {"rank": 0}}}), "spec.method.lora.rank",
+     "must be > 0"),
+    ("wrong-type", _with({"training": {"learningRate": "fast"}}), "spec.training.learningRate",
+     "must be a number"),
+    ("bad-enum", _with({"method": {"type": "qlora4"}}), "spec.method.type", "must be one of lora, qlora or full"),
+    ("uri-scheme", _with({"output": {"uri": "gs://bucket/out"}}), "spec.output.uri",
+     "unsupported URI scheme 'gs://'"),
+    ("nodes-zero", _with({"resources": {"nodes": 0}}), "spec.resources.nodes", "must be >= 1"),
+    ("qlora-zero3", _with({"method": {"type": "qlora"}, "training": {"deepspeed": {"stage": "zero3"}}}),
+     "spec", "qlora cannot shard a quantized base with deepspeed zero3"),
+    ("quant-on-lora", _with({"method": {"type": "lora", "quantization": {"bits": 4}}}), "spec.method",
+     "quantization applies only to type: qlora"),
+    ("missing-output", {**BASE, "spec": {k: v for k, v in BASE["spec"].items() if k != "output"}},
+     "spec.output", "required field is missing"),
+    ("no-datasets", _with({"datasets": []}), "spec.datasets", "must have at least 1 item"),
+    ("epochs-and-steps", _with({"training": {"epochs": 1, "maxSteps": 10}}), "spec.training",
+     "set epochs or maxSteps, not both"),
+    ("bad-quantity", _with({"resources": {"sharedMemory": "lots"}}), "spec.resources.sharedMemory",
+     "is not a Kubernetes quantity"),
+    ("bad-template", _with({"template": "llama-3"}), "spec.template", "did you mean 'llama3'?"),
+    ("bad-name", {**BASE, "metadata": {"name": "My_Job"}}, "metadata.name", "is not a valid name"),
+]
+
+
+@pytest.mark.parametrize(("case", "doc", "path", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_spec_gives_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, doc: Any, path: str, message: str
+) -> None:
+    file = _write(tmp_path, doc)
+    assert main(["validate", "-q", file]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert line.startswith(f"{file}: {path}: " if path else f"{file}: "), line
+    assert message in line
+    assert "Traceback" not in line
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = _with({"resources": {"nodes": 0}, "training": {"learningRate": -1}})
+    assert main(["validate", "-q", _write(tmp_path, doc)]) == 1
+    err = capsys.readouterr().err
+    assert "spec.resources.nodes" in err and "spec.training.learningRate" in err
+
+
+def test_multi_document_file_names_the_bad_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = yaml.safe_dump(BASE)
+    bad = yaml.safe_dump(_with({"resources": {"nodes": 0}}))
+    path = tmp_path / "jobs.yaml"
+    path.write_text(good + "---\n" + bad)
+    assert main(["validate", str(path)]) == 1
+    assert f"{path}#2: spec.resources.nodes" in capsys.readouterr().err
+
+
+def test_clean_files_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(p) for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    assert main(["validate", *files]) == 0
+    assert capsys.readouterr().out.count(": ok (") == len(files)
+
+
+def test_missing_file_is_a_message_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "/nonexistent/job.yaml"]) == 1
+    assert "cannot read file" in capsys.readouterr().err
+
+
+def test_render_prints_the_objects_and_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", str(ROOT / "examples" / "quickstart.yaml")]) == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PyTorchJob"]
+    assert main(["render", _write(tmp_path, _with({"resources": {"nodes": 0}}))]) == 1
+    assert "spec.resources.nodes" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""FineTuneJob -> PyTorchJob/ConfigMap/RBAC, checked against the Kubeflow and core schemas."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune import render
+from kubetune.api.validation import load_job_file, parse_job
+
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+KUBEFLOW_CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+SETTINGS = render.RenderSettings(trainer_image="registry.example/kubetune/trainer:1.2.3")
+
+
+@pytest.fixture(scope="module")
+def pytorchjob_validator() -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load(KUBEFLOW_CRD.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft7Validator(schema)
+
+
+def _job(**spec_patch: Any) -> Any:
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["spec"] = {**doc["spec"], **spec_patch}
+    return parse_job(doc)
+
+
+def _by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in objects}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_renders_to_valid_objects(path: Path, pytorchjob_validator: Any) -> None:
+    children = render.build_children(load_job_file(str(path)), SETTINGS)
+    kinds = [o["kind"] for o in children]
+    assert kinds[0] == "ConfigMap" and kinds[-1] == "PyTorchJob"
+    for obj in children:
+        if obj["kind"] == "PyTorchJob":
+            errors = [f"{list(e.path)}: {e.message}" for e in pytorchjob_validator.iter_errors(obj)]
+            assert errors == []
+            # The pod template is core/v1: validate it as such.
+            for replica in obj["spec"]["pytorchReplicaSpecs"].values():
+                pod_template = {
+                    "apiVersion": "v1",
+                    "kind": "PodTemplate",
+                    "metadata": {"name": "t"},
+                    "template": replica["template"],
+                }
+                kubernetes_validate.validate(pod_template, "1.33.0", strict=True)
+        else:
+            kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_multi_node_job_has_master_and_workers_with_gpus_shm_and_nccl() -> None:
+    job = load_job_file(str(ROOT / "examples" / "qwen2.5-7b-lora-2x8gpu.yaml"))
+    ptj = render.build_pytorchjob(job, SETTINGS)
+    specs = ptj["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1
+    assert specs["Worker"]["replicas"] == 1
+    assert ptj["spec"]["nprocPerNode"] == "8"
+    pod = specs["Worker"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch"
+    assert container["image"] == "registry.example/kubetune/trainer:1.2.3"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NCCL_SOCKET_IFNAME"] == "eth0"
+    assert env["NCCL_IB_DISABLE"] == "0"
+    assert env["NCCL_DEBUG"] == "WARN"
+    assert env["KUBETUNE_JOB_NAME"] == job.name
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert ptj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
+    assert ptj["spec"]["runPolicy"]["backoffLimit"] == 5
+    assert ptj["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 86400
+    assert container["command"] == ["torchrun"]
+    assert "kubetune.trainer" in container["args"]
+
+
+def test_single_node_job_has_no_worker_section_and_cpu_job_no_gpu_toleration() -> None:
+    job = _job(resources={"nodes": 1, "gpusPerNode": 0})
+    ptj = render.build_pytorchjob(job, SETTINGS)
+    assert list(ptj["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+    assert ptj["spec"]["nprocPerNode"] == "1"
+    pod = ptj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert "tolerations" not in pod
+    assert "resources" not in pod["containers"][0]
+
+
+def test_credentials_only_through_secret_key_refs() -> None:
+    job = _job(
+        storage={
+            "endpoint": "http://minio:9000",
+            "credentialsSecret": {"name": "s3", "sessionTokenKey": "token"},
+        }
+    )
+    children = render.build_children(job, SETTINGS)
+    env = children[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    secret_vars = {e["name"]: e for e in env if e["name"].startswith("AWS_") and "valueFrom" in e}
+    assert set(secret_vars) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert secret_vars["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "token"}
+    assert all("value" not in e for e in secret_vars.values())
+    config = yaml.safe_load(children[0]["data"]["config.yaml"])
+    assert config["spec"]["storage"]["credentialsSecret"]["name"] == "s3"
+    assert "AWS_SECRET_ACCESS_KEY" not in {e["name"] for e in env if "value" in e}
+
+
+def test_configmap_holds_the_resolved_job_the_trainer_can_load_back() -> None:
+    job = _job()
+    cm = render.build_configmap(job, SETTINGS)
+    doc = yaml.safe_load(cm["data"]["config.yaml"])
+    again = parse_job(doc)
+    assert again.spec == job.spec
+    # Defaults are filled in so the trainer never guesses.
+    assert doc["spec"]["data"]["invalidRows"] == "fail"
+    assert doc["spec"]["training"]["seed"] == 42
+
+
+def test_rbac_lets_the_trainer_patch_only_its_own_status() -> None:
+    job = _job()
+    objs = _by_kind(render.build_children(job, SETTINGS))
+    rules = objs["Role"]["rules"]
+    assert all(rule["resourceNames"] == [job.name] for rule in rules)
+    status_rule = next(r for r in rules if r["resources"] == ["finetunejobs/status"])
+    assert status_rule["verbs"] == ["get", "patch"]
+    pod = objs["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["serviceAccountName"] == objs["ServiceAccount"]["metadata"]["name"]
+    assert objs["RoleBinding"]["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_user_service_account_replaces_the_per_job_rbac() -> None:
+    job = _job(resources={"serviceAccountName": "irsa-trainer", "gpusPerNode": 0})
+    kinds = [o["kind"] for o in render.build_children(job, SETTINGS)]
+    assert kinds == ["ConfigMap", "PyTorchJob"]
+
+
+def test_names_are_deterministic_and_fit_kubernetes_limits() -> None:
+    long_name = "a" * 60 + "-b" * 40
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["metadata"]["name"] = long_name[:253]
+    job = parse_job(doc)
+    names = render.child_names(job)
+    assert names == render.child_names(copy.deepcopy(job))
+    # Kubeflow appends -worker-<index> for pods and Services (DNS-1035, 63 max).
+    assert len(names.pytorchjob + "-worker-1023") <= 63
+    assert all(len(v) <= 63 for v in render.labels(job).values())
+    other = parse_job({**doc, "metadata": {"name": "a" * 60 + "-c" * 40}})
+    assert render.child_names(other).pytorchjob != names.pytorchjob
+
+
+def test_name_starting_with_a_digit_still_gives_dns1035_service_names() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["metadata"]["name"] = "7b-run"
+    assert render.child_names(parse_job(doc)).pytorchjob[0].isalpha()
+
+
+def test_suspend_priority_and_deadlines_reach_the_run_policy() -> None:
+    job = _job(
+        suspend=True,
+        priority="high",
+        runPolicy={"backoffLimit": 1, "activeDeadlineSeconds": 60},
+        resources={"gpusPerNode": 0, "priorityClassName": "batch"},
+    )
+    ptj = render.build_pytorchjob(job, SETTINGS)
+    assert ptj["spec"]["runPolicy"]["suspend"] is True
+    assert ptj["spec"]["runPolicy"]["activeDeadlineSeconds"] == 60
+    assert ptj["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "high"
+    assert ptj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["priorityClassName"] == "batch"
+
+
+def test_custom_tolerations_and_host_network_pass_through() -> None:
+    job = _job(
+        resources={"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]},
+        network={"hostNetwork": True, "nccl": {"env": {"NCCL_ALGO": "Ring"}}},
+    )
+    pod = render.build_pytorchjob(job, SETTINGS)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert {"name": "NCCL_ALGO", "value": "Ring"} in pod["containers"][0]["env"]
+
+
+def test_spec_image_overrides_the_operator_default() -> None:
+    job = _job(image="my/trainer:dev")
+    pod = render.build_pytorchjob(job, SETTINGS)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "my/trainer:dev"
