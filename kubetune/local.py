@@ -1,0 +1,274 @@
+"""Run a FineTuneJob on this machine the way the cluster would.
+
+`kubetune run FILE --local` resolves the job exactly like `render` does for the ConfigMap, then
+starts one `torchrun` per "node" with the environment a PyTorchJob pod gets (PET_NNODES,
+PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR/MASTER_PORT and the KUBETUNE_* variables), so the
+trainer cannot tell a laptop from a cluster. Only the cluster-only parts differ: no status
+reporting to an API server, credentials from your environment instead of a Secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune import render, storage
+from kubetune.api import v1alpha1 as api
+from kubetune.api.validation import parse_job
+
+_PLACEHOLDER = re.compile(r"\$\(([A-Z_][A-Z0-9_]*)\)")
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    job: api.FineTuneJob
+    config_path: Path
+    work_dir: Path
+    nodes: int
+    procs_per_node: int
+    master_port: int
+
+    def env(self, node_rank: int, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment of one "pod": what the renderer gives the container, plus what Kubeflow injects."""
+        env = dict(os.environ if base is None else base)
+        for var in render.trainer_env(self.job):
+            if "value" in var:  # secretKeyRef entries: locally the credentials are already in the env
+                env[var["name"]] = var["value"]
+        env.update(
+            {
+                "KUBETUNE_CONFIG": str(self.config_path),
+                "KUBETUNE_TERMINATION_LOG": str(self.work_dir / "termination-log"),
+                "KUBETUNE_CACHE_DIR": env.get("KUBETUNE_LOCAL_CACHE_DIR")
+                or str(Path.home() / ".cache" / "kubetune"),
+                "PET_NNODES": str(self.nodes),
+                "PET_NPROC_PER_NODE": str(self.procs_per_node),
+                "PET_NODE_RANK": str(node_rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(self.master_port),
+            }
+        )
+        # No API server to report to, and the hub cache stays the user's own, not the pod's path.
+        env.pop("KUBETUNE_STATUS_REPORTING", None)
+        user = os.environ if base is None else base
+        if "HF_HOME" in user:
+            env["HF_HOME"] = user["HF_HOME"]
+        else:
+            env.pop("HF_HOME", None)
+        return env
+
+    def command(self, env: dict[str, str]) -> list[str]:
+        """The pod's command line with Kubernetes' $(VAR) references expanded from `env`."""
+        args = [_PLACEHOLDER.sub(lambda m: env[m.group(1)], a) for a in render.torchrun_args(str(self.config_path))]
+        return [_torchrun(), *args]
+
+
+def _torchrun() -> str:
+    beside = Path(sys.executable).with_name("torchrun")
+    return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _absolute(value: str, base: Path, *, allow_hub: bool) -> str:
+    """Relative paths in a local run are relative to the FineTuneJob file, like docker-compose's."""
+    if "://" in value:
+        return value
+    if value.startswith(("./", "../")) or (not allow_hub and not value.startswith(("/", "~"))):
+        return str((base / value).resolve())
+    if value.startswith("~"):
+        return str(Path(value).expanduser())
+    return value
+
+
+def resolve_local_job(job: api.FineTuneJob, base_dir: Path) -> api.FineTuneJob:
+    doc = job.to_manifest()
+    spec = doc["spec"]
+    spec["model"]["source"] = _absolute(spec["model"]["source"], base_dir, allow_hub=True)
+    for ds in spec["datasets"]:
+        ds["source"] = _absolute(ds["source"], base_dir, allow_hub=True)
+    spec["output"]["uri"] = _absolute(spec["output"]["uri"], base_dir, allow_hub=False)
+    return parse_job(doc)
+
+
+def plan(
+    job_file: Path,
+    *,
+    nodes: int | None = None,
+    procs_per_node: int | None = None,
+    work_root: Path | None = None,
+    cuda_devices: int | None = None,
+) -> LocalPlan:
+    """Resolve the job and decide the process layout; raises ValueError with advice when it cannot run."""
+    from kubetune.api.validation import load_job_file
+
+    job = resolve_local_job(load_job_file(str(job_file)), job_file.resolve().parent)
+    res = job.spec.resources
+    n_nodes = nodes or res.nodes
+    if procs_per_node is None:
+        procs_per_node = res.procs_per_node
+        available = _cuda_count() if cuda_devices is None else cuda_devices
+        if res.gpus_per_node > 0 and available < res.gpus_per_node * n_nodes:
+            raise ValueError(
+                f"spec.resources asks for {n_nodes} node(s) x {res.gpus_per_node} GPU(s) but this machine has "
+                f"{available}; pass --nproc-per-node N (and --nodes M) to run M x N processes here "
+                "(CPU processes use gloo)"
+            )
+    work_dir = (work_root or Path(".kubetune")) / "runs" / job.name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = (work_dir / "config.yaml").resolve()
+    config_path.write_text(render.config_yaml(job))
+    (work_dir / "termination-log").unlink(missing_ok=True)
+    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port())
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
+def launch(p: LocalPlan) -> int:
+    """Start every node's torchrun, wait, stop the rest as soon as one fails. Returns an exit code."""
+    procs: list[subprocess.Popen[bytes]] = []
+    for node_rank in range(p.nodes):
+        env = p.env(node_rank)
+        procs.append(subprocess.Popen(p.command(env), env=env, start_new_session=True))
+    code = 0
+    try:
+        while procs:
+            for proc in list(procs):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                procs.remove(proc)
+                if rc != 0 and code == 0:
+                    code = rc
+                    _stop(procs)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        _stop(procs, signal.SIGTERM)  # the trainer checkpoints on SIGTERM, as on preemption
+        return 130
+    return code
+
+
+def _stop(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + 60
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def failure_line(p: LocalPlan) -> str | None:
+    path = p.work_dir / "termination-log"
+    if path.exists():
+        text = path.read_text(errors="replace").strip()
+        return text or None
+    return None
+
+
+def read_manifest(job: api.FineTuneJob) -> dict[str, Any]:
+    opts = storage.StorageOptions.from_spec(job.spec.storage)
+    data: dict[str, Any] = json.loads(storage.read_bytes(storage.join(job.spec.output.uri, "manifest.json"), opts))
+    return data
+
+
+def fetch_dir(uri: str, job: api.FineTuneJob, work_dir: Path) -> Path:
+    """A local directory holding `uri` (downloaded when it is in S3)."""
+    if not storage.is_remote(uri):
+        return Path(uri[7:] if uri.startswith("file://") else uri)
+    dest = work_dir / "download" / uri.rstrip("/").rsplit("/", 1)[-1]
+    if dest.exists():
+        shutil.rmtree(dest)
+    return storage.download_dir(uri, dest, storage.StorageOptions.from_spec(job.spec.storage))
+
+
+def sample_generation(
+    model_dir: str | Path, prompt: str, *, tokenizer_dir: str | Path | None = None, max_new_tokens: int = 32
+) -> str:
+    """Greedy completion of one user turn, formatted by the exported chat template.
+
+    `tokenizer_dir` lets the base model answer through the exported tokenizer, so "before" and
+    "after" see the very same prompt tokens.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer_dir = tokenizer_dir or model_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    try:
+        generation = GenerationConfig.from_pretrained(tokenizer_dir)
+    except OSError:
+        generation = GenerationConfig(eos_token_id=tokenizer.eos_token_id)
+    generation.max_new_tokens = max_new_tokens
+    generation.do_sample = False
+    generation.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        out = model.generate(**inputs, generation_config=generation)
+    return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)).strip()
+
+
+def first_user_prompt(job: api.FineTuneJob) -> str | None:
+    """The first user turn of the first training dataset, as the trainer reads it."""
+    try:
+        from kubetune.trainer.data import first_conversation
+
+        conversation = first_conversation(job.spec)
+    except Exception:
+        return None
+    for turn in conversation or []:
+        if turn.get("role") == "user" and turn.get("content"):
+            return str(turn["content"])
+    return None
+
+
+def summary_lines(job: api.FineTuneJob, manifest: dict[str, Any]) -> list[str]:
+    """Where everything is, from the manifest (the trainer's own record of what it uploaded)."""
+    outputs = manifest.get("outputs") or {}
+    lines = [f"Done: {job.name} ({job.spec.method.type}); outputs under {job.spec.output.uri}"]
+    for label, key in [
+        ("merged model", "model"),
+        ("adapter", "adapter"),
+        ("manifest", "manifest"),
+        ("loss plot", "lossPlot"),
+        ("data report", "dataReport"),
+    ]:
+        if outputs.get(key):
+            lines.append(f"  {label:<13} {outputs[key]}")
+    metrics = manifest.get("metrics") or {}
+    numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and "loss" in k.lower()}
+    if numbers:
+        lines.append("  metrics       " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(numbers.items())))
+    return lines

@@ -1,0 +1,76 @@
+"""`kubetune run --local` starts the pods' command with the pods' environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune import local, render
+from kubetune.api.validation import load_job_file
+
+ROOT = Path(__file__).resolve().parents[3]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+
+
+def test_relative_paths_resolve_against_the_job_file(tmp_path: Path) -> None:
+    p = local.plan(QUICKSTART, work_root=tmp_path, cuda_devices=0)
+    spec = p.job.spec
+    assert spec.model.source == str((ROOT / "runs" / "tiny-model").resolve())
+    assert spec.datasets[0].source == str(ROOT / "examples" / "data" / "identity.json")
+    assert spec.output.uri == str((ROOT / "runs" / "quickstart").resolve())
+    # The written config is what the trainer loads, and it loads.
+    again = load_job_file(str(p.config_path))
+    assert again.spec == spec
+
+
+def test_hub_ids_and_s3_uris_are_left_alone(tmp_path: Path) -> None:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["model"]["source"] = "Qwen/Qwen2.5-0.5B-Instruct"
+    doc["spec"]["output"]["uri"] = "s3://bucket/out/"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    p = local.plan(path, work_root=tmp_path, cuda_devices=0)
+    assert p.job.spec.model.source == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert p.job.spec.output.uri == "s3://bucket/out/"
+
+
+def test_env_is_the_pod_env_plus_what_kubeflow_injects(tmp_path: Path) -> None:
+    p = local.plan(QUICKSTART, work_root=tmp_path, nodes=2, procs_per_node=2, cuda_devices=0)
+    env = p.env(1, base={"PATH": "/usr/bin", "AWS_ACCESS_KEY_ID": "from-user"})
+    pod_env = {e["name"]: e["value"] for e in render.trainer_env(p.job) if "value" in e}
+    for name in ("NCCL_DEBUG", "NCCL_IB_DISABLE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "KUBETUNE_JOB_NAME"):
+        assert env[name] == pod_env[name]
+    assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NODE_RANK"] == "1"
+    assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == str(p.master_port)
+    assert env["KUBETUNE_CONFIG"] == str(p.config_path)
+    assert "KUBETUNE_STATUS_REPORTING" not in env  # no API server to report to
+    assert "HF_HOME" not in env  # the pod's cache path means nothing here
+    assert env["AWS_ACCESS_KEY_ID"] == "from-user"
+
+
+def test_command_is_the_pod_command_with_variables_expanded(tmp_path: Path) -> None:
+    p = local.plan(QUICKSTART, work_root=tmp_path, cuda_devices=0)
+    env = p.env(0, base={})
+    cmd = p.command(env)
+    assert Path(cmd[0]).name == "torchrun"
+    assert cmd[1:] == [
+        "--master-addr=127.0.0.1",
+        f"--master-port={p.master_port}",
+        "-m",
+        "kubetune.trainer",
+        "--config",
+        str(p.config_path),
+    ]
+
+
+def test_gpu_job_without_gpus_asks_for_an_explicit_process_count(tmp_path: Path) -> None:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 8}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match="--nproc-per-node"):
+        local.plan(path, work_root=tmp_path, cuda_devices=0)
+    p = local.plan(path, work_root=tmp_path, procs_per_node=1, cuda_devices=0)
+    assert (p.nodes, p.procs_per_node) == (2, 1)
