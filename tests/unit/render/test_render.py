@@ -16,7 +16,8 @@ from kubetune.api.validation import load_job_file, parse_job
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-KUBEFLOW_CRD = ROOT.parent / "shared" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+# Kubeflow Training Operator v1.9 PyTorchJob CRD, vendored so the tests need nothing outside the repo.
+KUBEFLOW_CRD = ROOT / "tests" / "fixtures" / "kubeflow.org_pytorchjobs.yaml"
 SETTINGS = render.RenderSettings(trainer_image="registry.example/kubetune/trainer:1.2.3")
 
 
