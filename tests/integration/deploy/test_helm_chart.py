@@ -189,7 +189,8 @@ def test_operator_deployment_is_one_hardened_replica(render: Render, values: Pat
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     (container,) = pod["containers"]
-    assert container["command"] + container["args"] == ["kubetune", "operator"]
+    # One replica with Recreate: Kopf peering would only add a warning and an API object.
+    assert container["command"] + container["args"] == ["kubetune", "operator", "--standalone"]
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False

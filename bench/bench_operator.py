@@ -1,0 +1,148 @@
+"""Create -> PyTorchJob latency and memory of the operator under bursts of FineTuneJobs.
+
+    python bench/bench_operator.py                      # N = 50, 200, 500
+    python bench/bench_operator.py --sizes 50 --json out.json
+
+Setup: the test suite's HTTP Kubernetes API (kmock + compat layer) in this process, the operator as
+a real `kubetune operator --namespace default` subprocess talking to it over HTTP. For each N, the
+bench creates N FineTuneJobs as fast as 8 client threads can, and timestamps (in the API server)
+when each FineTuneJob was stored and when its PyTorchJob was stored. Latency = the difference;
+reported as p50/p95/max, with the time until the last PyTorchJob and the operator's RSS after the
+round (VmRSS) and its peak (VmHWM). Rounds are cleaned up (jobs deleted, children collected)
+before the next one; the operator keeps running, so memory reflects its steady state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for  # noqa: E402
+from tests.integration.operator.k8s_emulator import RunningApiServer  # noqa: E402
+
+
+class Stamps:
+    """When each FineTuneJob and PyTorchJob was first stored, by job name (API-server side)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: dict[str, float] = {}
+        self.pytorchjobs: dict[str, float] = {}
+
+    def __call__(self, event: str, obj: dict[str, Any]) -> None:
+        if event != "ADDED":
+            return
+        now = time.perf_counter()
+        kind, name = obj.get("kind"), obj["metadata"]["name"]
+        with self.lock:
+            if kind == "FineTuneJob":
+                self.jobs.setdefault(name, now)
+            elif kind == "PyTorchJob":
+                self.pytorchjobs.setdefault(name, now)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (from /proc/<pid>/stat, in clock ticks)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_round(cluster: Cluster, op: OperatorProcess, stamps: Stamps, n: int, prefix: str) -> dict[str, Any]:
+    names = [f"{prefix}-{i:04d}" for i in range(n)]
+    assert op.proc is not None
+    cpu_before, api_cpu_before = cpu_seconds(op.proc.pid), time.process_time()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda name: cluster.create_job(job_manifest(name)), names))
+    created = time.perf_counter()
+    wait_for(f"{n} PyTorchJobs", lambda: all(name in stamps.pytorchjobs for name in names), timeout=600, interval=0.2)
+    done = time.perf_counter()
+    latencies = [stamps.pytorchjobs[name] - stamps.jobs[name] for name in names]
+    memory = rss_kib(op.proc.pid)
+    result = {
+        "n": n,
+        "create_seconds": round(created - started, 2),
+        "all_pytorchjobs_seconds": round(done - started, 2),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_p95_s": round(percentile(latencies, 0.95), 3),
+        "latency_max_s": round(max(latencies), 3),
+        "operator_rss_mib": round(memory["VmRSS"] / 1024, 1),
+        "operator_peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
+        "operator_cpu_s": round(cpu_seconds(op.proc.pid) - cpu_before, 2),
+        "api_server_and_client_cpu_s": round(time.process_time() - api_cpu_before, 2),
+    }
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cluster.delete_job, names))
+    wait_for("the round's PyTorchJobs to be collected", lambda: not cluster.pytorchjobs(), timeout=120, interval=0.2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500])
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RunningApiServer(Path(tmp)).start()
+        stamps = Stamps()
+        server.emulator.observers.append(stamps)
+        cluster = Cluster(server)
+        cluster.install_crds()
+        op = OperatorProcess(server, Path(tmp), extra_env={"KUBETUNE_LOG_LEVEL": "WARNING"}).start()
+        assert op.proc is not None
+        idle = rss_kib(op.proc.pid)
+        print(f"operator idle RSS: {idle['VmRSS'] / 1024:.1f} MiB")
+        results = []
+        try:
+            for i, n in enumerate(args.sizes):
+                result = run_round(cluster, op, stamps, n, f"b{i}")
+                results.append(result)
+                print(json.dumps(result))
+        finally:
+            op.stop()
+            server.stop()
+    header = (
+        f"{'N':>5} {'create s':>9} {'all PJ s':>9} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'RSS MiB':>8} {'peak':>7}"
+    )
+    print(header)
+    for r in results:
+        print(
+            f"{r['n']:>5} {r['create_seconds']:>9} {r['all_pytorchjobs_seconds']:>9} {r['latency_p50_s']:>7} "
+            f"{r['latency_p95_s']:>7} {r['latency_max_s']:>7} {r['operator_rss_mib']:>8} "
+            f"{r['operator_peak_rss_mib']:>7}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"idle_rss_mib": round(idle["VmRSS"] / 1024, 1), "rounds": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

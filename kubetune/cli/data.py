@@ -1,0 +1,111 @@
+"""`kubetune data check`: the trainer's pre-flight data checks, locally, with a preview of one example."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ORDER = 40
+
+# Files a tokenizer needs; weights are not downloaded for a data check.
+_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
+
+
+def register(subparsers: Any) -> None:
+    data = subparsers.add_parser("data", help="check and preview training data")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    check = sub.add_parser(
+        "check",
+        help="check a data file the way the trainer will, and preview one tokenized example",
+        description="Runs the trainer's pre-flight checks on FILE|URI (a path, file:// or s3:// file or prefix): "
+        "every row is validated, rendered with the chat template, tokenized and masked. Prints a report and one "
+        "example with its label mask. Exit code 0: every row is valid; 1: some rows are invalid (a job with "
+        "invalidRows: fail would stop); 2: the data or model cannot be read.",
+    )
+    check.add_argument("source", help="data file or prefix: ./data.jsonl, file:///data/, s3://bucket/prefix/")
+    check.add_argument("--model", required=True, help="model (for its tokenizer): a path, s3:// prefix or hub id")
+    check.add_argument("--template", default="auto", help="chat template: auto (the tokenizer's own) or a name")
+    check.add_argument("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "openai"])
+    check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
+    check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
+    check.add_argument(
+        "--column", action="append", default=[], metavar="KEY=NAME",
+        help="LLaMA-Factory column mapping, e.g. --column prompt=question --column messages=dialog",
+    )
+    check.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="LLaMA-Factory sharegpt tag mapping, e.g. --tag role_tag=role --tag assistant_tag=bot",
+    )
+    check.add_argument("--endpoint-url", help="S3 endpoint (MinIO/Ceph/SeaweedFS); default AWS_ENDPOINT_URL")
+    check.add_argument("--region", help="S3 region")
+    check.add_argument("--report", metavar="FILE", help="also write the full JSON data report here")
+    check.add_argument("--no-preview", action="store_true", help="do not print the tokenized example")
+    check.set_defaults(func=run_check)
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--{what} takes KEY=VALUE, got '{item}'")
+        out[key] = value
+    return out
+
+
+def _load_tokenizer(model: str, opts: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    from kubetune import storage
+
+    if not storage.is_remote(model):
+        local = model[7:] if model.startswith("file://") else model
+        return AutoTokenizer.from_pretrained(local)
+    tmp = Path(tempfile.mkdtemp(prefix="kubetune-tokenizer-"))
+    base = model.rstrip("/") + "/"
+    for uri in storage.list_files(base, opts):
+        rel = uri[len(base) :]
+        if "/" not in rel and not rel.endswith(_WEIGHTS):
+            storage.download(uri, tmp / rel, opts)
+    return AutoTokenizer.from_pretrained(tmp)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from kubetune import storage
+    from kubetune.trainer.data import DataValidationError, check_file
+    from kubetune.trainer.templates import TemplateError, resolve_template
+
+    opts = storage.StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
+    try:
+        columns, tags = _pairs(args.column, "column"), _pairs(args.tag, "tag")
+        tokenizer = _load_tokenizer(args.model, opts)
+        template = resolve_template(args.template, tokenizer)
+        report, preview = check_file(
+            args.source, tokenizer, template, format=args.format, columns=columns or None, tags=tags or None,
+            cutoff_len=args.cutoff_len, train_on=args.train_on, storage=opts,
+        )
+    except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.human())
+    if args.report:
+        report.write(args.report)
+        print(f"report written to {args.report}")
+    if not args.no_preview:
+        print()
+        print(preview)
+    if report.invalid:
+        print(
+            f"\n{report.invalid} invalid row{'s' if report.invalid != 1 else ''}: a job with invalidRows: fail "
+            "(the default) stops before training.",
+            file=sys.stderr,
+        )
+        return 1
+    summary = json.dumps(report.summary())
+    print(f"\nok: {summary}")
+    return 0

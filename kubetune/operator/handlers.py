@@ -1,0 +1,108 @@
+"""Every Kopf handler of the kubetune operator. Run with `kubetune operator` or
+`kopf run -m kubetune.operator.handlers`.
+
+- create/resume (and spec edits before anything exists): validate, check the PyTorchJob API,
+  create ConfigMap + trainer RBAC + PyTorchJob with owner references (idempotent by name);
+- spec.suspend changes: propagated to the PyTorchJob's runPolicy.suspend;
+- every FineTuneJob and every managed PyTorchJob event: recompute the FineTuneJob status from the
+  stored pair (level-triggered: the result depends on what is stored, not on which event came).
+
+No finalizer is added: nothing outside the cluster is cleaned up (the model stays in storage) and
+the children go with their owner through garbage collection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune.api import v1alpha1 as api
+from kubetune.operator import metrics
+from kubetune.operator.kube import PYTORCHJOB, Kube, connect
+from kubetune.operator.reconcile import Reconciler, owner_of
+from kubetune.operator.settings import OperatorConfig
+from kubetune.render import RenderSettings
+
+FTJ = (api.GROUP, api.VERSION, api.PLURAL)
+MANAGED = {"app.kubernetes.io/managed-by": "kubetune"}
+DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as optional
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """Kopf's bookkeeping under kubetune.io annotations; never in status."""
+    settings.persistence.finalizer = "kubetune.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kubetune.io", key="last-handled-configuration"
+    )
+    settings.posting.reporting_component = "kubetune-operator"
+    settings.posting.level = logging.INFO
+    # Handlers are sync and spend their time waiting on the API server, not on the CPU: more threads
+    # than Python's default (cores + 4) keep a burst of new jobs from queueing behind each other.
+    settings.execution.max_workers = 16
+    # Refresh watches now and then so that a silently dropped connection cannot stall the operator.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+
+
+def _quiet_status_watchers(record: logging.LogRecord) -> bool:
+    """Drop "Handler 'follow_...' succeeded" (one line per watch event, saying nothing) unless DEBUG."""
+    if record.levelno != logging.INFO or logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return True
+    return not str(record.msg).startswith(("Handler 'follow_finetunejob'", "Handler 'follow_pytorchjob'"))
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    config = OperatorConfig.from_env()
+    configure_kopf(settings)
+    render_settings = RenderSettings(trainer_image=config.trainer_image, image_pull_policy=config.image_pull_policy)
+    memo.reconciler = Reconciler(Kube(connect()), render_settings, metrics.Metrics())
+    memo.metrics_server = (
+        await metrics.serve(memo.reconciler.metrics, config.metrics_port) if config.metrics_port else None
+    )
+    logging.getLogger("kopf.objects").addFilter(_quiet_status_watchers)
+    logger.info(
+        f"kubetune operator: trainer image {config.trainer_image}, "
+        f"metrics port {config.metrics_port or 'off'}, health port {config.health_port or 'off'}"
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("metrics_server") is not None:
+        await memo.metrics_server.cleanup()
+
+
+@kopf.on.probe(id="finetunejobs")
+def probe_jobs(memo: kopf.Memo, **_: Any) -> int:
+    return sum(memo.reconciler.metrics.jobs_by_phase().values())
+
+
+@kopf.on.create(*FTJ)
+@kopf.on.resume(*FTJ)
+@kopf.on.update(*FTJ, field="spec")
+def create_children(namespace: str | None, name: str, retry: int, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, retry)
+
+
+@kopf.on.update(*FTJ, field="spec.suspend")
+def propagate_suspend(namespace: str | None, name: str, new: Any, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.propagate_suspend(namespace or DEFAULT_NS, name, bool(new))
+
+
+@kopf.on.event(*FTJ)
+def follow_finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        memo.reconciler.forget(namespace or DEFAULT_NS, name)
+    else:
+        memo.reconciler.sync_status(namespace or DEFAULT_NS, name)
+
+
+@kopf.on.event(*PYTORCHJOB, labels=MANAGED)
+def follow_pytorchjob(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    owner = owner_of(body)
+    if owner is not None:
+        memo.reconciler.sync_status(namespace or DEFAULT_NS, owner)

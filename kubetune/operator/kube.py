@@ -1,0 +1,141 @@
+"""The few Kubernetes API calls the operator makes, through the official client.
+
+Kopf watches and reports; these calls read the FineTuneJob/PyTorchJob pair fresh (status follows
+what the API server holds, not what an event said) and create the rendered children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api import v1alpha1 as api
+
+PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
+FINETUNEJOB = (api.GROUP, api.VERSION, api.PLURAL)
+MERGE_PATCH = "application/merge-patch+json"
+KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
+
+
+def connect() -> client.ApiClient:
+    """The kubeconfig when KUBECONFIG is set (local runs, tests), else the pod's service account."""
+    kubeconfig = os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig.split(os.pathsep)[0])
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        return config.new_client_from_config()
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self._pytorchjob_api_seen = False
+
+    # ---- FineTuneJob -------------------------------------------------------------------------
+
+    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _none_if_missing(
+            lambda: self.custom.get_namespaced_custom_object(*FINETUNEJOB[:2], namespace, FINETUNEJOB[2], name)
+        )
+
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        group, version, plural = FINETUNEJOB
+        self.custom.patch_namespaced_custom_object_status(
+            group, version, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    # ---- PyTorchJob --------------------------------------------------------------------------
+
+    def pytorchjob_api_installed(self) -> bool:
+        """Whether the API server serves pytorchjobs (discovery; remembered once seen)."""
+        if self._pytorchjob_api_seen:
+            return True
+        group, version, plural = PYTORCHJOB
+        try:
+            resources = self.custom.get_api_resources(group, version)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        self._pytorchjob_api_seen = any(r.name == plural for r in resources.resources or [])
+        return self._pytorchjob_api_seen
+
+    def get_pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = PYTORCHJOB
+        return _none_if_missing(
+            lambda: self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+        )
+
+    def patch_pytorchjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        group, version, plural = PYTORCHJOB
+        self.custom.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, patch, _content_type=MERGE_PATCH
+        )
+
+    def pytorchjob_pods(self, namespace: str, pytorchjob: str) -> list[dict[str, Any]]:
+        """The training pods, by the label the Kubeflow training operator puts on them."""
+        # Raw JSON: a pod status the client's models reject (a field missing) must not hide the reason.
+        response = self.core.list_namespaced_pod(
+            namespace, label_selector=f"{KUBEFLOW_JOB_LABEL}={pytorchjob}", _preload_content=False
+        )
+        return list(json.loads(response.data).get("items") or [])
+
+    # ---- children ----------------------------------------------------------------------------
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create one rendered child; None when it already exists (409)."""
+        namespace = obj["metadata"]["namespace"]
+        kind = obj["kind"]
+        try:
+            if kind == "PyTorchJob":
+                group, version, plural = PYTORCHJOB
+                created: Any = self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj)
+                return dict(created)
+            creators = {
+                "ConfigMap": self.core.create_namespaced_config_map,
+                "ServiceAccount": self.core.create_namespaced_service_account,
+                "Role": self.rbac.create_namespaced_role,
+                "RoleBinding": self.rbac.create_namespaced_role_binding,
+            }
+            created = creators[kind](namespace, obj)
+            return dict(self.api_client.sanitize_for_serialization(created))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            if exc.status == 404 and kind == "PyTorchJob":
+                self._pytorchjob_api_seen = False  # the CRD went away: check discovery again
+            raise
+
+    def read(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored version of a rendered child."""
+        namespace, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
+        if kind == "PyTorchJob":
+            return self.get_pytorchjob(namespace, name)
+        readers = {
+            "ConfigMap": self.core.read_namespaced_config_map,
+            "ServiceAccount": self.core.read_namespaced_service_account,
+            "Role": self.rbac.read_namespaced_role,
+            "RoleBinding": self.rbac.read_namespaced_role_binding,
+        }
+        found = _none_if_missing(lambda: readers[kind](name, namespace))
+        return None if found is None else dict(self.api_client.sanitize_for_serialization(found))
+
+
+def _none_if_missing(call: Any) -> Any:
+    try:
+        return call()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise

@@ -1,0 +1,210 @@
+"""What the handlers do: create the children once, keep the status true to what is stored.
+
+Each public method is one handler's body. They run in Kopf's thread pool (sync handlers), so the
+status writers of one FineTuneJob take a per-job lock: the create handler and the two watchers
+(FineTuneJob, PyTorchJob) never interleave a read-compute-patch of the same status.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from kubetune.api.validation import SpecError, parse_job
+from kubetune.operator import status as st
+from kubetune.operator.kube import Kube
+from kubetune.operator.metrics import Metrics
+from kubetune.render import MAX_JOB_NAME, RenderSettings, build_children, short_name
+
+CRD_MISSING = (
+    "The PyTorchJob API (pytorchjobs.kubeflow.org/v1) is not installed in this cluster. Install the "
+    "Kubeflow Training Operator v1.9 (kubectl apply --server-side -k "
+    '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"); '
+    "the job starts once it is there."
+)
+MAX_BACKOFF = 60.0
+
+
+def backoff(retry: int) -> float:
+    """2 s, 4 s, 8 s ... capped at a minute: quick when the CRD is being installed, quiet when not."""
+    return float(min(2.0 * 2**retry, MAX_BACKOFF))
+
+
+def pytorchjob_name(finetunejob: str) -> str:
+    return short_name(finetunejob, MAX_JOB_NAME)
+
+
+def _now() -> str:
+    from kubetune.api.v1alpha1 import now_rfc3339
+
+    return now_rfc3339()
+
+
+def _owned_by(obj: Mapping[str, Any], owner_uid: str | None) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == owner_uid for ref in refs)
+
+
+def _as_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the user wrote: the status is ours and the trainer's, never part of validation."""
+    return {k: v for k, v in dict(body).items() if k != "status"}
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, render_settings: RenderSettings, metrics: Metrics) -> None:
+        self.kube = kube
+        self.render_settings = render_settings
+        self.metrics = metrics
+        self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks[(namespace, name)]
+
+    def _event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        kopf.event(cast(kopf.Body, dict(body)), type=type_, reason=reason, message=message[:1000])
+
+    # ---- create / resume / spec edits before the PyTorchJob exists --------------------------
+
+    def ensure_children(self, namespace: str, name: str, retry: int) -> None:
+        with self.metrics.reconcile("create"), self._lock(namespace, name):
+            body = self.kube.get_finetunejob(namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            status = body.get("status") or {}
+            if status.get("pytorchJob"):
+                return  # made before; later spec edits are the status watcher's (SpecApplied) business
+            try:
+                job = parse_job(_as_manifest(body))
+            except SpecError as exc:
+                self._refuse_invalid(body, [str(p) for p in exc.problems])
+                raise kopf.PermanentError(f"invalid spec: {exc}") from None
+            if not self.kube.pytorchjob_api_installed():
+                self._patch_status(
+                    body,
+                    st.waiting_for_crd_status(
+                        CRD_MISSING, body["metadata"].get("generation"), status.get("conditions"), _now()
+                    ),
+                )
+                raise kopf.TemporaryError(CRD_MISSING, delay=backoff(retry))
+            created = self._create_children(body, build_children(job, self.render_settings))
+            pj_name = pytorchjob_name(name)
+            self._patch_status(body, st.created_status(pj_name, body["metadata"].get("generation"), status, _now()))
+            if created:
+                self._event(body, "Normal", "Created", f"Created PyTorchJob {pj_name}")
+
+    def _refuse_invalid(self, body: dict[str, Any], problems: list[str]) -> None:
+        status = body.get("status") or {}
+        before = st.find_condition(status.get("conditions"), st.VALIDATED) or {}
+        new = st.invalid_spec_status(problems, body["metadata"].get("generation"), status.get("conditions"), _now())
+        if before.get("reason") == "InvalidSpec" and before.get("message") == "; ".join(problems):
+            return  # already reported (e.g. on resume after a restart): no second Event
+        self._patch_status(body, new)
+        self._event(body, "Warning", "InvalidSpec", "; ".join(problems))
+        self.metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], st.FAILED)
+
+    def _create_children(self, owner: dict[str, Any], children: list[dict[str, Any]]) -> bool:
+        """Create what is missing, in order (the PyTorchJob last); True if the PyTorchJob was new.
+
+        Names are deterministic, so a restarted operator finds what it made before (409) and
+        adopts it instead of making a second one; an object of that name owned by something else
+        is an error for the user to resolve, not something to take over.
+        """
+        uid = owner["metadata"].get("uid")
+        made_pytorchjob = False
+        for child in children:
+            if child["kind"] == "PyTorchJob":
+                annotations = child["metadata"].setdefault("annotations", {})
+                annotations[st.APPLIED_SPEC_ANNOTATION] = st.spec_fingerprint(owner.get("spec") or {})
+            kopf.adopt(child, owner=cast(kopf.Body, owner))
+            created = self.kube.create(child)
+            if created is not None:
+                made_pytorchjob = made_pytorchjob or child["kind"] == "PyTorchJob"
+                continue
+            stored = self.kube.read(child) or {}
+            if not _owned_by(stored, uid):
+                raise kopf.PermanentError(
+                    f"{child['kind']} {child['metadata']['name']} already exists and does not belong to this "
+                    "FineTuneJob; delete or rename it"
+                )
+        return made_pytorchjob
+
+    # ---- suspend -------------------------------------------------------------------------------
+
+    def propagate_suspend(self, namespace: str, name: str, suspend: bool) -> None:
+        with self.metrics.reconcile("suspend"):
+            body = self.kube.get_finetunejob(namespace, name)
+            pj_name = pytorchjob_name(name)
+            pj = self.kube.get_pytorchjob(namespace, pj_name) if body else None
+            if body is None or pj is None or not _owned_by(pj, body["metadata"].get("uid")):
+                return  # not created yet: it will be rendered with the current spec.suspend
+            if ((pj.get("spec") or {}).get("runPolicy") or {}).get("suspend") is suspend:
+                return
+            self.kube.patch_pytorchjob(namespace, pj_name, {"spec": {"runPolicy": {"suspend": suspend}}})
+            verb = "Suspending" if suspend else "Resuming"
+            self._event(body, "Normal", verb, f"{verb} PyTorchJob {pj_name}")
+
+    # ---- status --------------------------------------------------------------------------------
+
+    def sync_status(self, namespace: str, name: str) -> None:
+        with self.metrics.reconcile("status"), self._lock(namespace, name):
+            body = self.kube.get_finetunejob(namespace, name)
+            if body is None:
+                self.metrics.forget(namespace, name)
+                return
+            if (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            status = body.get("status") or {}
+            pj_name = pytorchjob_name(name)
+            pj = self.kube.get_pytorchjob(namespace, pj_name) if status.get("pytorchJob") else None
+            if pj is not None and not _owned_by(pj, body["metadata"].get("uid")):
+                pj = None
+            if pj is None and not status.get("pytorchJob"):
+                self.metrics.set_phase(namespace, name, status.get("phase") or st.PENDING)
+                return  # nothing made yet: the create handler reports this stage
+            observed = st.Observed(
+                generation=body["metadata"].get("generation"),
+                spec=body.get("spec") or {},
+                status=status,
+                pytorchjob_name=pj_name,
+                pytorchjob=pj,
+                now=_now(),
+                pod_failure=self._pod_failure(namespace, pj_name, pj, status),
+            )
+            desired = st.observe(observed)
+            self._patch_status(body, st.changed(status, desired))
+            for t in observed.transitions:
+                self._event(body, t.type, t.reason, t.message)
+            self.metrics.set_phase(namespace, name, desired.get("phase"))
+
+    def _pod_failure(
+        self, namespace: str, pj_name: str, pj: dict[str, Any] | None, status: dict[str, Any]
+    ) -> tuple[str, str] | None:
+        """Why a pod died, looked up once: when the PyTorchJob has just failed."""
+        failed_now = pj is not None and st.pytorchjob_phase(pj, user_suspended=False, stage=None)[0] == st.FAILED
+        if not failed_now or status.get("phase") == st.FAILED:
+            return None
+        return st.pod_failure(self.kube.pytorchjob_pods(namespace, pj_name))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.metrics.forget(namespace, name)
+        with self._locks_lock:
+            self._locks.pop((namespace, name), None)
+
+    def _patch_status(self, body: Mapping[str, Any], patch: dict[str, Any]) -> None:
+        if patch:
+            meta = body["metadata"]
+            self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+
+
+def owner_of(pytorchjob: Mapping[str, Any]) -> str | None:
+    """The FineTuneJob a PyTorchJob belongs to, from its controller owner reference."""
+    for ref in (pytorchjob.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "FineTuneJob" and ref.get("apiVersion", "").startswith("kubetune.io/"):
+            return str(ref.get("name"))
+    return None

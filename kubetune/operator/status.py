@@ -1,0 +1,373 @@
+"""FineTuneJob status from what is observed: pure functions, no I/O.
+
+Inputs are the FineTuneJob as stored (spec, the trainer's `status.progress`, the previous operator
+status) and its PyTorchJob as stored (conditions written by the Kubeflow training operator).
+The output is the operator-owned part of the status (`phase`, `conditions`, `observedGeneration`,
+`pytorchJob`, `startTime`, `completionTime`) plus the transitions worth an Event. The trainer's
+fields (`progress`, `dataReport`, `outputs`) are read, never written.
+
+Phases:
+
+| PyTorchJob (condition True, first match)   | FineTuneJob phase                            |
+|--------------------------------------------|----------------------------------------------|
+| none yet / Created                         | Pending                                      |
+| Failed                                     | Failed                                       |
+| Succeeded                                  | Succeeded                                    |
+| runPolicy.suspend                          | Suspended if spec.suspend, else Queued (Kueue)|
+| Suspended (runPolicy.suspend false)        | Suspended (resuming)                         |
+| Restarting                                 | Training (Running=False, reason carried over)|
+| Running                                    | Exporting if progress.stage is exporting or  |
+|                                            | uploading, else Training                     |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING, QUEUED, TRAINING, EXPORTING = "Pending", "Queued", "Training", "Exporting"
+SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
+PHASES = (PENDING, QUEUED, TRAINING, EXPORTING, SUCCEEDED, FAILED, SUSPENDED)
+FINISHED = (SUCCEEDED, FAILED)
+EXPORT_STAGES = ("exporting", "uploading")
+
+# Condition types on the FineTuneJob.
+VALIDATED = "Validated"
+CREATED = "PyTorchJobCreated"
+SPEC_APPLIED = "SpecApplied"
+RUNNING = "Running"
+# kstatus conventions, so Flux, Argo CD and `kubectl wait --for=condition=Ready` understand the job:
+# Ready=True only once the model is there, Stalled=True when it never will be.
+READY = "Ready"
+STALLED = "Stalled"
+
+OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "pytorchJob", "startTime", "completionTime")
+IMMUTABLE_EXCEPT = ("suspend",)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something that happened, for a Kubernetes Event on the FineTuneJob."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Observed:
+    """Everything the status is derived from."""
+
+    generation: int | None
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    pytorchjob_name: str
+    pytorchjob: dict[str, Any] | None
+    now: str
+    pod_failure: tuple[str, str] | None = None  # (reason, message) of the failed training container
+    transitions: list[Transition] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Conditions
+# --------------------------------------------------------------------------------------------
+
+
+def condition(
+    type_: str, status: bool | str, reason: str, message: str, now: str, generation: int | None = None
+) -> dict[str, Any]:
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    out: dict[str, Any] = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+    }
+    if generation is not None:
+        out["observedGeneration"] = generation
+    return out
+
+
+def set_condition(conditions: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Upsert by type; lastTransitionTime moves only when status changes (metav1 semantics)."""
+    out = [dict(c) for c in conditions]
+    for i, old in enumerate(out):
+        if old.get("type") == new["type"]:
+            merged = dict(new)
+            if old.get("status") == new["status"] and old.get("lastTransitionTime"):
+                merged["lastTransitionTime"] = old["lastTransitionTime"]
+            out[i] = merged
+            return out
+    return [*out, new]
+
+
+def find_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def readiness(
+    conds: list[dict[str, Any]], phase: str, reason: str, message: str, now: str, generation: int | None
+) -> list[dict[str, Any]]:
+    """Ready and Stalled from the phase: Ready=True when Succeeded, Stalled=True when Failed."""
+    ready_message = message if phase == SUCCEEDED else f"phase {phase}" + (f": {message}" if message else "")
+    conds = set_condition(conds, condition(READY, phase == SUCCEEDED, reason, ready_message, now, generation))
+    return set_condition(
+        conds,
+        condition(STALLED, phase == FAILED, reason if phase == FAILED else "NotStalled",
+                  message if phase == FAILED else "", now, generation),
+    )
+
+
+def invalid_spec_status(
+    problems: list[str], generation: int | None, conditions: list[dict[str, Any]] | None, now: str
+) -> dict[str, Any]:
+    """Failed/InvalidSpec with one line per problem, the same lines `kubetune validate` prints."""
+    message = "; ".join(problems)
+    conds = set_condition(list(conditions or []), condition(VALIDATED, False, "InvalidSpec", message, now, generation))
+    conds = set_condition(conds, condition(FAILED, True, "InvalidSpec", message, now, generation))
+    conds = readiness(conds, FAILED, "InvalidSpec", message, now, generation)
+    return {"phase": FAILED, "conditions": conds, "observedGeneration": generation, "completionTime": now}
+
+
+def waiting_for_crd_status(
+    message: str, generation: int | None, conditions: list[dict[str, Any]] | None, now: str
+) -> dict[str, Any]:
+    conds = set_condition(list(conditions or []), condition(VALIDATED, True, "Valid", "spec is valid", now, generation))
+    conds = set_condition(conds, condition(CREATED, False, "PyTorchJobCRDMissing", message, now, generation))
+    return {"phase": PENDING, "conditions": conds, "observedGeneration": generation}
+
+
+def created_status(pytorchjob: str, generation: int | None, status: dict[str, Any], now: str) -> dict[str, Any]:
+    conds = list(status.get("conditions") or [])
+    was_invalid = (find_condition(conds, VALIDATED) or {}).get("status") == "False"
+    if was_invalid:  # the spec was fixed before anything ran: start from scratch
+        conds = [c for c in conds if c.get("type") != FAILED]
+    conds = set_condition(conds, condition(VALIDATED, True, "Valid", "spec is valid", now, generation))
+    conds = set_condition(
+        conds, condition(CREATED, True, "Created", f"Created PyTorchJob {pytorchjob}", now, generation)
+    )
+    phase = PENDING if was_invalid else status.get("phase") or PENDING
+    if was_invalid or not find_condition(conds, READY):
+        conds = readiness(conds, phase, "Created", f"Created PyTorchJob {pytorchjob}", now, generation)
+    out: dict[str, Any] = {
+        "phase": phase,
+        "conditions": conds,
+        "observedGeneration": generation,
+        "pytorchJob": pytorchjob,
+    }
+    if was_invalid:
+        out["completionTime"] = None  # merge patch: remove
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Spec immutability
+# --------------------------------------------------------------------------------------------
+
+
+def mutable_free_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in IMMUTABLE_EXCEPT}
+
+
+def spec_fingerprint(spec: dict[str, Any]) -> str:
+    """What the PyTorchJob was made from, stored on it; compared on every reconcile."""
+    return json.dumps(mutable_free_spec(spec), sort_keys=True, separators=(",", ":"))
+
+
+def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
+    if isinstance(old, dict) or isinstance(new, dict):
+        if (old is not None and not isinstance(old, dict)) or (new is not None and not isinstance(new, dict)):
+            return [prefix]
+        old, new = old or {}, new or {}  # an added or removed section: name the fields inside it
+        paths: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            paths += changed_paths(old.get(key), new.get(key), f"{prefix}.{key}")
+        return paths
+    return [] if old == new else [prefix]
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorchJob -> phase
+# --------------------------------------------------------------------------------------------
+
+
+def _true_conditions(pytorchjob: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conds = (pytorchjob.get("status") or {}).get("conditions") or []
+    return {c.get("type", ""): c for c in conds if c.get("status") == "True"}
+
+
+def pytorchjob_phase(
+    pytorchjob: dict[str, Any] | None, *, user_suspended: bool, stage: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The phase, and the PyTorchJob condition it comes from (None when none applies)."""
+    if pytorchjob is None:
+        return PENDING, None
+    true = _true_conditions(pytorchjob)
+    if FAILED in true:
+        return FAILED, true[FAILED]
+    if SUCCEEDED in true:
+        return SUCCEEDED, true[SUCCEEDED]
+    suspended = ((pytorchjob.get("spec") or {}).get("runPolicy") or {}).get("suspend") is True
+    if suspended:  # by the user, or by a queue (Kueue) that has not admitted the job yet
+        return (SUSPENDED if user_suspended else QUEUED), true.get(SUSPENDED)
+    if SUSPENDED in true:  # resumed, but the training operator has not started the pods yet
+        return SUSPENDED, true[SUSPENDED]
+    if "Restarting" in true:
+        return TRAINING, true["Restarting"]
+    if "Running" in true:
+        return (EXPORTING if stage in EXPORT_STAGES else TRAINING), true["Running"]
+    return PENDING, true.get("Created")
+
+
+def failure_message(
+    pj_condition: dict[str, Any] | None, progress: dict[str, Any], pod_failure: tuple[str, str] | None = None
+) -> str:
+    """The trainer's own last words first (it knows why), then the pod's fate, then what Kubeflow saw."""
+    parts: list[str] = []
+    if progress.get("stage") == "failed" and progress.get("message"):
+        parts.append(str(progress["message"]))
+    if pod_failure and pod_failure[1] not in parts:
+        parts.append(pod_failure[1])
+    if pj_condition and pj_condition.get("message"):
+        parts.append(str(pj_condition["message"]))
+    return " | ".join(parts) or "the PyTorchJob failed"
+
+
+def pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """The first failed training container: (reason, 'pod x: OOMKilled (exit code 137): last log line')."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for container in statuses:
+            state = container.get("state") or {}
+            last = container.get("lastState") or {}
+            ended = state.get("terminated") or last.get("terminated")
+            if not ended or ended.get("exitCode", 0) == 0:
+                continue
+            reason = ended.get("reason") or "Error"
+            text = f"pod {pod['metadata']['name']}: {reason} (exit code {ended.get('exitCode')})"
+            if ended.get("message"):
+                text += f": {str(ended['message']).strip().splitlines()[-1]}"
+            return reason, text
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The whole operator-owned status
+# --------------------------------------------------------------------------------------------
+
+
+def observe(obs: Observed) -> dict[str, Any]:
+    """The operator-owned status fields for what is observed; appends transitions to `obs`."""
+    status = obs.status
+    progress = status.get("progress") or {}
+    outputs = status.get("outputs") or {}
+    old_phase = status.get("phase")
+    conds = list(status.get("conditions") or [])
+    gen, now = obs.generation, obs.now
+
+    if old_phase == FAILED and (find_condition(conds, VALIDATED) or {}).get("status") == "False":
+        return {k: status[k] for k in OPERATOR_FIELDS if k in status}  # InvalidSpec is final
+
+    phase, source = pytorchjob_phase(
+        obs.pytorchjob, user_suspended=bool(obs.spec.get("suspend")), stage=progress.get("stage")
+    )
+    if obs.pytorchjob is None and old_phase in FINISHED:
+        phase = old_phase  # finished jobs keep their result when the child is cleaned up
+    reason = (source or {}).get("reason") or phase
+    pj_message = (source or {}).get("message") or ""
+    pj_status = (obs.pytorchjob or {}).get("status") or {}
+
+    out: dict[str, Any] = {"phase": phase, "observedGeneration": gen}
+    if obs.pytorchjob is not None:
+        out["pytorchJob"] = obs.pytorchjob_name
+        conds = _spec_condition(conds, obs, gen, now)
+    running = phase in (TRAINING, EXPORTING) and reason != "Restarting"
+    conds = set_condition(conds, condition(RUNNING, running, reason, pj_message, now, gen))
+    conds = set_condition(
+        conds,
+        condition(
+            SUSPENDED,
+            phase in (SUSPENDED, QUEUED),
+            reason if phase in (SUSPENDED, QUEUED) else "NotSuspended",
+            pj_message if phase in (SUSPENDED, QUEUED) else "",
+            now,
+            gen,
+        ),
+    )
+
+    if phase == SUCCEEDED:
+        where = outputs.get("model") or outputs.get("adapter") or (obs.spec.get("output") or {}).get("uri", "")
+        message = f"model at {where}" if where else (pj_message or "training finished")
+        conds = set_condition(conds, condition(SUCCEEDED, True, reason, message, now, gen))
+    elif phase == FAILED and not (old_phase == FAILED and find_condition(conds, FAILED)):
+        # Written once, when the failure is first seen: the pods that explain it may be gone later.
+        message = failure_message(source, progress, obs.pod_failure)
+        why = obs.pod_failure[0] if obs.pod_failure else reason  # OOMKilled says more than JobFailed
+        conds = set_condition(conds, condition(FAILED, True, why, message, now, gen))
+    final = find_condition(conds, phase) if phase in FINISHED else None
+    conds = readiness(
+        conds, phase, (final or {}).get("reason") or reason, (final or {}).get("message") or pj_message, now, gen
+    )
+    out["conditions"] = conds
+
+    start = status.get("startTime") or pj_status.get("startTime")
+    if not start and phase in (TRAINING, EXPORTING, SUCCEEDED, FAILED) and obs.pytorchjob is not None:
+        start = now
+    if start:
+        out["startTime"] = start
+    if phase in FINISHED:
+        out["completionTime"] = status.get("completionTime") or pj_status.get("completionTime") or now
+
+    if phase != old_phase:
+        obs.transitions.append(_transition(old_phase, phase, conds))
+    return out
+
+
+def _spec_condition(conds: list[dict[str, Any]], obs: Observed, gen: int | None, now: str) -> list[dict[str, Any]]:
+    annotations = ((obs.pytorchjob or {}).get("metadata") or {}).get("annotations") or {}
+    applied = annotations.get(APPLIED_SPEC_ANNOTATION)
+    if applied is None:
+        return conds
+    paths = changed_paths(json.loads(applied), mutable_free_spec(obs.spec))
+    if not paths:
+        return set_condition(
+            conds, condition(SPEC_APPLIED, True, "Applied", "the PyTorchJob matches the spec", now, gen)
+        )
+    message = (
+        f"{', '.join(paths)} changed after PyTorchJob {obs.pytorchjob_name} was created; only spec.suspend "
+        "may change. Revert the change, or delete and re-create the FineTuneJob."
+    )
+    before = find_condition(conds, SPEC_APPLIED)
+    if before is None or before.get("status") != "False" or before.get("message") != message:
+        obs.transitions.append(Transition("Warning", "SpecImmutable", message))
+    return set_condition(conds, condition(SPEC_APPLIED, False, "SpecImmutable", message, now, gen))
+
+
+APPLIED_SPEC_ANNOTATION = "kubetune.io/applied-spec"
+
+
+def _transition(old: str | None, new: str, conds: list[dict[str, Any]]) -> Transition:
+    if new == TRAINING:
+        if old == SUSPENDED:
+            return Transition("Normal", "Resumed", "Resumed: training again")
+        return Transition("Normal", "Training", "Training started")
+    if new == EXPORTING:
+        return Transition("Normal", "Exporting", "Exporting and uploading the model")
+    if new == SUCCEEDED:
+        return Transition(
+            "Normal", "Succeeded", f"Succeeded: {(find_condition(conds, SUCCEEDED) or {}).get('message', '')}"
+        )
+    if new == FAILED:
+        return Transition("Warning", "Failed", f"Failed: {(find_condition(conds, FAILED) or {}).get('message', '')}")
+    if new == SUSPENDED:
+        return Transition("Normal", "Suspended", "Suspended: pods stopped; resume with spec.suspend: false")
+    if new == QUEUED:
+        return Transition("Normal", "Queued", "Queued: waiting for the queue to admit the PyTorchJob")
+    return Transition("Normal", new, f"Phase {new}")
+
+
+def changed(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns the operator fields of `current` into `desired` (empty: no-op)."""
+    return {k: v for k, v in desired.items() if current.get(k) != v}

@@ -1,0 +1,348 @@
+"""Row layouts (alpaca, sharegpt, openai) -> one canonical conversation, with every row checked.
+
+The canonical conversation is a list of {"role", "content"} messages with roles system (first only),
+user, assistant and tool, plus an optional tools JSON string. Every check raises `RowError` with a
+reason a user can act on; nothing is dropped silently. Keys and defaults follow LLaMA-Factory's
+`dataset_info.json` (`columns`, `tags`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+FORMATS = ("alpaca", "sharegpt", "openai")
+
+
+class RowError(ValueError):
+    """One row is invalid; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Resolved LLaMA-Factory columns + tags for one dataset (unset keys take the format's defaults)."""
+
+    prompt: str = "instruction"
+    query: str = "input"
+    response: str = "output"
+    history: str = "history"
+    messages: str | None = None  # default depends on the format
+    system: str = "system"
+    tools: str = "tools"
+    role_tag: str | None = None
+    content_tag: str | None = None
+    user_tag: str | None = None
+    assistant_tag: str | None = None
+    observation_tag: str = "observation"
+    function_tag: str = "function_call"
+    system_tag: str = "system"
+
+    @classmethod
+    def from_spec(cls, columns: Any = None, tags: Any = None) -> Mapping:
+        """From the spec's ColumnMapping/TagMapping (pydantic models) or plain dicts (snake or camel case)."""
+        values: dict[str, Any] = {}
+        for part in (columns, tags):
+            if part is None:
+                continue
+            items = part.model_dump() if hasattr(part, "model_dump") else dict(part)
+            for key, value in items.items():
+                name = _snake(key)
+                if value is not None:
+                    if name not in cls.__dataclass_fields__:
+                        raise ValueError(f"unknown column/tag mapping key '{key}'")
+                    values[name] = value
+        return cls(**values)
+
+    def messages_key(self, fmt: str) -> str:
+        return self.messages or ("conversations" if fmt == "sharegpt" else "messages")
+
+    def sharegpt_tags(self) -> tuple[str, str, str, str]:
+        return (
+            self.role_tag or "from",
+            self.content_tag or "value",
+            self.user_tag or "human",
+            self.assistant_tag or "gpt",
+        )
+
+    def openai_tags(self) -> tuple[str, str, str, str]:
+        return (
+            self.role_tag or "role",
+            self.content_tag or "content",
+            self.user_tag or "user",
+            self.assistant_tag or "assistant",
+        )
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: list[dict[str, str]]
+    tools: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------
+
+_MESSAGE_KEYS = ("conversations", "messages", "conversation", "chat", "dialog")
+
+
+def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
+    """(format, mapping with the found messages key and tags, a one-line description) for sample rows.
+
+    Each row votes; the most common layout wins, so a few broken rows do not change the verdict.
+    """
+    votes: Counter[tuple[str, str | None, str | None]] = Counter()
+    for row in rows:
+        vote = _detect_one(row, mapping)
+        if vote is not None:
+            votes[vote] += 1
+    if not votes:
+        keys = sorted({k for row in rows for k in row})[:12]
+        raise RowError(
+            "cannot detect the format: no row has alpaca columns "
+            f"({mapping.prompt}/{mapping.response}) or a list of turns "
+            f"({', '.join(_MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. "
+            "Set format and columns for this dataset."
+        )
+    (fmt, key, style), _ = votes.most_common(1)[0]
+    if fmt == "alpaca":
+        return fmt, mapping, f"alpaca ({mapping.prompt}/{mapping.query}/{mapping.response})"
+    assert key is not None
+    if style == "from/value":
+        resolved = _with(mapping, messages=key)
+        return "sharegpt", resolved, f"sharegpt (key '{key}', turns with from/value)"
+    resolved = _with(mapping, messages=key)
+    return "openai", resolved, f"openai (key '{key}', turns with role/content)"
+
+
+def _with(mapping: Mapping, **changes: Any) -> Mapping:
+    from dataclasses import replace
+
+    return replace(mapping, **changes)
+
+
+def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None, str | None] | None:
+    keys = [mapping.messages] if mapping.messages else list(_MESSAGE_KEYS)
+    for key in keys:
+        turns = _maybe_json_list(row.get(key))
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
+            continue
+        first = turns[0]
+        if mapping.role_tag and mapping.role_tag in first:
+            style = "from/value" if mapping.role_tag != "role" else "role/content"
+            return ("sharegpt" if style == "from/value" else "openai", key, style)
+        if "from" in first and "value" in first:
+            return ("sharegpt", key, "from/value")
+        if "role" in first and "content" in first:
+            return ("openai", key, "role/content")
+    if mapping.prompt in row and mapping.response in row:
+        return ("alpaca", None, None)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion + validation
+# --------------------------------------------------------------------------------------------
+
+
+def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
+    """The canonical conversation of one row, or RowError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected an object with named fields, got {type(row).__name__}")
+    if fmt == "alpaca":
+        conv = _alpaca(row, mapping)
+    elif fmt == "sharegpt":
+        conv = _sharegpt(row, mapping)
+    elif fmt == "openai":
+        conv = _openai(row, mapping)
+    else:
+        raise ValueError(f"unknown format {fmt}")
+    check_order(conv.messages)
+    return conv
+
+
+def _text(row: dict[str, Any], key: str, *, required: bool, what: str | None = None) -> str:
+    what = what or f"'{key}'"
+    value = row.get(key)
+    if value is None:
+        if required:
+            present = ", ".join(sorted(row)[:10])
+            raise RowError(f"missing field {what} (fields present: {present})")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"field {what} must be a string, got {_type(value)}")
+    if required and not value.strip():
+        raise RowError(f"field {what} is empty")
+    return value
+
+
+def _type(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _maybe_json_list(value: Any) -> Any:
+    """CSV and some parquet exports store lists as JSON text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
+    value = row.get(mapping.tools)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError as exc:
+            raise RowError(f"field '{mapping.tools}' is not valid JSON: {exc}") from None
+    else:
+        parsed = value
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
+        raise RowError(f"field '{mapping.tools}' must be a list of tool descriptions, got {_type(parsed)}")
+    return json.dumps(parsed, ensure_ascii=False) if parsed else None
+
+
+def _system_message(row: dict[str, Any], mapping: Mapping) -> list[dict[str, str]]:
+    system = _text(row, mapping.system, required=False)
+    return [{"role": "system", "content": system}] if system else []
+
+
+def _alpaca(row: dict[str, Any], mapping: Mapping) -> Conversation:
+    prompt = _text(row, mapping.prompt, required=False)
+    query = _text(row, mapping.query, required=False)
+    if mapping.prompt not in row and mapping.query not in row:
+        raise RowError(f"missing field '{mapping.prompt}' (fields present: {', '.join(sorted(row)[:10])})")
+    user = "\n".join(part for part in (prompt, query) if part)
+    if not user.strip():
+        raise RowError(f"fields '{mapping.prompt}' and '{mapping.query}' are both empty")
+    response = _text(row, mapping.response, required=True)
+    messages = _system_message(row, mapping)
+    history = _maybe_json_list(row.get(mapping.history))
+    if history not in (None, ""):
+        if not isinstance(history, list):
+            raise RowError(
+                f"field '{mapping.history}' must be a list of [prompt, response] pairs, got {_type(history)}"
+            )
+        for i, pair in enumerate(history, start=1):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+                raise RowError(f"'{mapping.history}' entry {i} is not a [prompt, response] pair of strings")
+            if not pair[0].strip() or not pair[1].strip():
+                raise RowError(f"'{mapping.history}' entry {i} has an empty prompt or response")
+            messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+    return Conversation(messages, _tools(row, mapping))
+
+
+def _turns(row: dict[str, Any], key: str) -> list[Any]:
+    if key not in row:
+        raise RowError(f"missing field '{key}' (fields present: {', '.join(sorted(row)[:10])})")
+    turns = _maybe_json_list(row[key])
+    if not isinstance(turns, list):
+        raise RowError(f"field '{key}' must be a list of turns, got {_type(turns)}")
+    if not turns:
+        raise RowError(f"field '{key}' is an empty conversation")
+    return turns
+
+
+def _sharegpt(row: dict[str, Any], mapping: Mapping) -> Conversation:
+    key = mapping.messages_key("sharegpt")
+    role_tag, content_tag, user_tag, assistant_tag = mapping.sharegpt_tags()
+    roles = {
+        user_tag: "user",
+        assistant_tag: "assistant",
+        mapping.observation_tag: "tool",
+        mapping.function_tag: "assistant",
+        mapping.system_tag: "system",
+    }
+    messages = _system_message(row, mapping)
+    for n, turn in enumerate(_turns(row, key), start=1):
+        role, content = _turn(turn, n, role_tag, content_tag, roles)
+        if role == "system" and (n != 1 or messages):
+            raise RowError(f"turn {n} is a system turn; only the first turn may be one")
+        messages.append({"role": role, "content": content})
+    return Conversation(messages, _tools(row, mapping))
+
+
+def _turn(turn: Any, n: int, role_tag: str, content_tag: str, roles: dict[str, str]) -> tuple[str, str]:
+    if not isinstance(turn, dict):
+        raise RowError(f"turn {n} must be an object with '{role_tag}' and '{content_tag}', got {_type(turn)}")
+    for tag in (role_tag, content_tag):
+        if tag not in turn:
+            raise RowError(f"turn {n} has no '{tag}' key (keys: {', '.join(sorted(turn))}); check tags/format")
+    raw_role = turn[role_tag]
+    if raw_role not in roles:
+        expected = ", ".join(repr(r) for r in roles)
+        raise RowError(f"turn {n} has role {raw_role!r}; expected one of {expected} (set tags to map it)")
+    content = turn[content_tag]
+    if isinstance(content, list):  # openai content parts
+        content = _join_parts(content, n)
+    if content is None and roles[raw_role] == "assistant" and turn.get("tool_calls"):
+        content = json.dumps(turn["tool_calls"], ensure_ascii=False)
+    if not isinstance(content, str):
+        raise RowError(f"turn {n} ({raw_role}) content must be a string, got {_type(content)}")
+    if roles[raw_role] != "system" and not content.strip():
+        raise RowError(f"turn {n} ({raw_role}) is empty")
+    return roles[raw_role], content
+
+
+def _join_parts(parts: list[Any], n: int) -> str:
+    texts = []
+    for part in parts:
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            raise RowError(f"turn {n} has a non-text content part; only text is supported")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _openai(row: dict[str, Any], mapping: Mapping) -> Conversation:
+    key = mapping.messages_key("openai")
+    role_tag, content_tag, user_tag, assistant_tag = mapping.openai_tags()
+    roles = {user_tag: "user", assistant_tag: "assistant", "tool": "tool", "function": "tool", "system": "system"}
+    messages = _system_message(row, mapping)
+    for n, turn in enumerate(_turns(row, key), start=1):
+        role, content = _turn(turn, n, role_tag, content_tag, roles)
+        if role == "system" and (n != 1 or messages):
+            raise RowError(f"turn {n} is a system message; only the first message may be one")
+        messages.append({"role": role, "content": content})
+    return Conversation(messages, _tools(row, mapping))
+
+
+# Which roles may follow which (None = the start of the conversation, after the system message).
+_NEXT = {
+    None: {"user"},
+    "user": {"assistant"},
+    "assistant": {"user", "tool"},
+    "tool": {"assistant", "tool"},
+}
+
+
+def check_order(messages: list[dict[str, str]]) -> None:
+    """Roles alternate user -> assistant (tool results follow an assistant turn); the last is the assistant."""
+    prev: str | None = None
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if not body:
+        raise RowError("conversation has no turns besides the system prompt")
+    for n, msg in enumerate(body, start=1):
+        role = msg["role"]
+        if role not in _NEXT[prev]:
+            after = f"after a {prev} turn" if prev else "as the first turn"
+            raise RowError(f"roles out of order: turn {n} is {role} {after}")
+        prev = role
+    if not any(m["role"] == "assistant" for m in body):
+        raise RowError("conversation has no assistant turn (nothing to learn)")
+    if prev != "assistant":
+        raise RowError(f"conversation ends with a {prev} turn; the last turn must be the assistant's")

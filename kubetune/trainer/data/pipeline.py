@@ -1,0 +1,547 @@
+"""read -> check -> format -> mix -> template -> tokenize -> mask -> truncate -> split -> pack.
+
+`prepare_data` is what the trainer calls; `check_file` is what `kubetune data check` calls. Both use
+the same reading, validation and tokenization, so a file that passes the check trains the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubetune import storage as st
+from kubetune.trainer.data import packing as pk
+from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
+from kubetune.trainer.data.errors import DataValidationError
+from kubetune.trainer.data.formats import Conversation, Mapping, RowError, detect_format, to_conversation
+from kubetune.trainer.data.report import MAX_LISTED, DataReport, DatasetReport, RowProblem
+from kubetune.trainer.data.sources import (
+    Row,
+    SourceError,
+    SourceFile,
+    fetch,
+    hub_rows,
+    is_hub_id,
+    read_rows,
+)
+from kubetune.trainer.data.tokenize import DROPPED, FAILED, IGNORE, TRUNCATED, assistant_spans, encode_batch
+from kubetune.trainer.templates import ChatTemplate, resolve_template
+
+log = logging.getLogger("kubetune.data")
+
+# Rows sampled to detect a dataset's format.
+_DETECT_ROWS = 200
+# Below this many rows, worker processes cost more than they save.
+_ROWS_PER_WORKER = 4000
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset: input_ids, labels (-100 = no loss), position_ids
+    eval: Any | None
+    report: DataReport
+    template: ChatTemplate
+
+
+@dataclass
+class _Source:
+    """One dataset of the spec, fetched: its files (or a hub id) and its options."""
+
+    source: str
+    split: str
+    format: str
+    mapping: Mapping
+    max_samples: int | None
+    files: list[SourceFile] = field(default_factory=list)
+    hub: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "split": self.split,
+            "format": self.format,
+            "mapping": self.mapping.__dict__,
+            "maxSamples": self.max_samples,
+            "files": [[f.uri, f.sha256] for f in self.files] if not self.hub else "hub",
+        }
+
+    def rows(self) -> Iterator[Row]:
+        if self.hub:
+            yield from hub_rows(self.source, self.split, self.max_samples)
+            return
+        left = self.max_samples
+        for f in self.files:
+            for row in read_rows(f, left):
+                yield row
+                if left is not None:
+                    left -= 1
+            if left is not None and left <= 0:
+                return
+
+
+def _fetch_source(source: str, split: str, fmt: str, mapping: Mapping, max_samples: int | None,
+                  opts: st.StorageOptions | None) -> _Source:
+    src = _Source(source, split, fmt, mapping, max_samples)
+    try:
+        if is_hub_id(source):
+            src.hub = True
+        else:
+            src.files = fetch(source, opts)
+    except SourceError as exc:
+        raise DataValidationError(str(exc)) from None
+    return src
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and checking rows
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checked:
+    """Valid conversations of one dataset, with their origins (file, row)."""
+
+    split: str
+    convs: list[Conversation]
+    origins: list[tuple[str, int]]
+
+
+def _check_source(src: _Source, report: DataReport) -> _Checked:
+    dsr = DatasetReport(source=src.source, split=src.split, format=src.format)
+    dsr.files = [{"uri": f.uri, "sha256": f.sha256, "bytes": len(f.data)} for f in src.files]
+    report.datasets.append(dsr)
+    rows = list(src.rows())
+    fmt, mapping = src.format, src.mapping
+    if fmt == "auto":
+        sample = [r.value for r in rows[:_DETECT_ROWS] if isinstance(r.value, dict)]
+        try:
+            fmt, mapping, dsr.detected = detect_format(sample, mapping)
+        except RowError as exc:
+            raise DataValidationError(f"{src.source}: {exc}") from None
+        log.info("%s: detected format %s", src.source, dsr.detected)
+    else:
+        dsr.detected = fmt
+    out = _Checked(src.split, [], [])
+    for row in rows:
+        dsr.rows_read += 1
+        value = row.value
+        try:
+            if isinstance(value, RowError):
+                raise value
+            conv = to_conversation(value, fmt, mapping)
+        except RowError as exc:
+            dsr.invalid += 1
+            report.add_invalid(row.file, row.row, str(exc))
+            continue
+        out.convs.append(conv)
+        out.origins.append((row.file, row.row))
+    return out
+
+
+def _mix(parts: list[_Checked], strategy: str) -> tuple[list[Conversation], list[tuple[str, int]]]:
+    if strategy == "interleave":
+        order = [(p, i) for i in range(max((len(p.convs) for p in parts), default=0)) for p in parts
+                 if i < len(p.convs)]
+    else:
+        order = [(p, i) for p in parts for i in range(len(p.convs))]
+    return [p.convs[i] for p, i in order], [p.origins[i] for p, i in order]
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing
+# --------------------------------------------------------------------------------------------
+
+
+def _require_fast(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataValidationError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; label masking needs character offsets "
+            "(load the tokenizer with use_fast=True)"
+        )
+
+
+def _tokenize(
+    convs: list[Conversation], tokenizer: Any, template: ChatTemplate, cutoff_len: int, train_on: str,
+    num_proc: int | None, fingerprint: str,
+) -> Any:
+    import datasets
+
+    ds = datasets.Dataset.from_dict(
+        {"messages": [c.messages for c in convs], "tools": [c.tools for c in convs]},
+        features=datasets.Features(
+            {
+                "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+                "tools": datasets.Value("string"),
+            }
+        ),
+    )
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8, max(1, len(convs) // _ROWS_PER_WORKER))
+    features = datasets.Features(
+        {
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "labels": datasets.List(datasets.Value("int32")),
+            "n_full": datasets.Value("int32"),
+            "trainable": datasets.Value("int32"),
+            "status": datasets.Value("int8"),
+            "error": datasets.Value("string"),
+        }
+    )
+    log.info("tokenizing %d conversations (%d processes)", len(convs), max(num_proc, 1))
+    fn = functools.partial(
+        encode_batch, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
+    )
+    return ds.map(
+        fn,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=["messages", "tools"],
+        features=features,
+        new_fingerprint=fingerprint,  # hashing the tokenizer for datasets' own cache is slow and useless here
+        desc="tokenizing",
+    )
+
+
+def _account(encoded: Any, origins: list[tuple[str, int]], report: DataReport) -> np.ndarray:
+    """Record truncated/dropped/failed examples; return the indices of the examples that train."""
+    status = np.asarray(encoded.data.column("status").to_numpy(), dtype=np.int8)
+    errors = encoded.data.column("error").to_pylist() if np.any(status >= DROPPED) else []
+    for idx in np.nonzero(status == TRUNCATED)[0].tolist():
+        report.truncated += 1
+        if len(report.truncated_rows) < MAX_LISTED:
+            n_full = int(encoded.data.column("n_full")[idx].as_py())
+            file, row = origins[idx]
+            report.truncated_rows.append(RowProblem(file, row, f"{n_full} tokens, cut to cutoffLen"))
+    for idx in np.nonzero(status == DROPPED)[0].tolist():
+        report.dropped_too_long += 1
+        if len(report.dropped_rows) < MAX_LISTED:
+            report.dropped_rows.append(RowProblem(*origins[idx], errors[idx]))
+    for idx in np.nonzero(status == FAILED)[0].tolist():
+        file, row = origins[idx]
+        for dsr in report.datasets:
+            if any(f["uri"] == file for f in dsr.files) or file == f"hub:{dsr.source}":
+                dsr.invalid += 1
+                break
+        report.add_invalid(file, row, errors[idx])
+    keep: np.ndarray = np.nonzero(status <= TRUNCATED)[0]
+    return keep
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_data
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_data(
+    spec: Any,
+    tokenizer: Any,
+    *,
+    cache_dir: Path,
+    cache_uri: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    storage: st.StorageOptions | None = None,
+    num_proc: int | None = None,
+) -> PreparedData:
+    """Tokenized train/eval datasets for a FineTuneJob spec, built once by rank 0 and loaded by everyone."""
+    opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
+    _require_fast(tokenizer)
+    template = resolve_template(spec.template, tokenizer)
+    sources = [
+        _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), d.max_samples, opts)
+        for d in spec.datasets
+    ]
+    training = spec.training
+    key = cache_key(
+        {
+            "datasets": [s.identity() for s in sources],
+            "data": spec.data.model_dump(mode="json"),
+            "template": [template.name, template.jinja, template.stop_tokens],
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "cutoffLen": training.cutoff_len,
+            "packing": training.packing,
+            "seed": training.seed,
+            "batch": training.per_device_batch_size,
+        }
+    )
+    entry = CacheEntry(key, Path(cache_dir), cache_uri, opts)
+    if rank != 0:
+        log.info("rank %d/%d: waiting for rank 0 to publish tokenized data %s", rank, world_size, key)
+        entry.wait(rank)
+        return _load(entry.local, template)
+    if entry.find():
+        log.info("reusing tokenized data %s", entry.local)
+        return _load(entry.local, template)
+    entry.clear_failed()
+    try:
+        report, train, eval_ = _build(spec, tokenizer, template, sources, num_proc, key)
+    except DataValidationError as exc:
+        entry.mark_failed(str(exc))
+        raise
+    report.cache_key = key
+    staged = entry.staging()
+    train.save_to_disk(str(staged / "train"))
+    if eval_ is not None:
+        eval_.save_to_disk(str(staged / "eval"))
+    report.write(staged / "report.json")
+    entry.commit(staged)
+    log.info("tokenized data published at %s%s", entry.local, f" and {entry.remote}" if entry.remote else "")
+    return _load(entry.local, template)
+
+
+def _load(path: Path, template: ChatTemplate) -> PreparedData:
+    import datasets
+
+    report = DataReport.from_dict(json.loads((path / "report.json").read_text(encoding="utf-8")))
+    eval_ = datasets.load_from_disk(str(path / "eval")) if (path / "eval").is_dir() else None
+    return PreparedData(datasets.load_from_disk(str(path / "train")), eval_, report, template)
+
+
+def _options(spec: Any) -> dict[str, Any]:
+    t = spec.training
+    return {
+        "mix": spec.data.mix,
+        "validationSplit": spec.data.validation_split,
+        "trainOn": spec.data.train_on,
+        "cutoffLen": t.cutoff_len,
+        "packing": t.packing,
+        "seed": t.seed,
+        "perDeviceBatchSize": t.per_device_batch_size,
+    }
+
+
+def _build(
+    spec: Any, tokenizer: Any, template: ChatTemplate, sources: list[_Source], num_proc: int | None, key: str
+) -> tuple[DataReport, Any, Any | None]:
+    data, training = spec.data, spec.training
+    report = DataReport(invalid_policy=data.invalid_rows, options=_options(spec))
+    report.template = _template_info(template, tokenizer, report)
+    checked = [_check_source(s, report) for s in sources]
+    _fail_if_invalid(report, data.invalid_rows)
+
+    train_convs, train_origins = _mix([c for c in checked if c.split == "train"], data.mix)
+    eval_convs, eval_origins = _mix([c for c in checked if c.split == "validation"], data.mix)
+    cutoff, train_on = training.cutoff_len, data.train_on
+    train = _tokenize(train_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-train")
+    keep_train = _account(train, train_origins, report)
+    eval_ = None
+    keep_eval = np.zeros(0, dtype=np.int64)
+    if eval_convs:
+        eval_ = _tokenize(eval_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-eval")
+        keep_eval = _account(eval_, eval_origins, report)
+    _fail_if_invalid(report, data.invalid_rows)  # template failures found while tokenizing
+
+    train_table = _kept_table(train, keep_train)
+    eval_table = _kept_table(eval_, keep_eval) if eval_ is not None else None
+    if data.validation_split > 0 and train_table.num_rows > 1:
+        train_table, held_out = _hold_out(train_table, data.validation_split, training.seed)
+        eval_table = held_out if eval_table is None else _concat(eval_table, held_out)
+    if train_table.num_rows == 0:
+        raise DataValidationError(
+            f"no training example left: {report.rows_read} rows read, {report.invalid} invalid, "
+            f"{report.dropped_too_long} without a trainable token within cutoffLen {cutoff}"
+        )
+    _count_tokens(report, [t for t in (train_table, eval_table) if t is not None])
+    report.train_examples = train_table.num_rows
+    report.eval_examples = eval_table.num_rows if eval_table is not None else 0
+    lengths = np.diff(pk.list_array(train_table.column("input_ids")).offsets.to_numpy())
+    if training.packing:
+        train_table = pk.pack(train_table, cutoff)
+        eval_table = pk.pack(eval_table, cutoff) if eval_table is not None else None
+    else:
+        train_table = pk.with_position_ids(train_table)
+        eval_table = pk.with_position_ids(eval_table) if eval_table is not None else None
+    report.packing = _packing_stats(lengths, training)
+    return report, _dataset(train_table), _dataset(eval_table) if eval_table is not None else None
+
+
+def _fail_if_invalid(report: DataReport, policy: str) -> None:
+    if report.invalid and policy == "fail":
+        raise DataValidationError(report.invalid_message())
+    if report.invalid:
+        log.warning("skipping %d invalid rows (invalidRows: skip); they are listed in the data report",
+                    report.invalid)
+
+
+def _kept_table(encoded: Any, keep: np.ndarray) -> Any:
+    import pyarrow as pa
+
+    table = encoded.data.table.select(["input_ids", "labels", "trainable"])
+    return table.take(pa.array(keep, type=pa.int64()))
+
+
+def _hold_out(table: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    import pyarrow as pa
+
+    n = table.num_rows
+    n_eval = min(n - 1, max(1, round(n * fraction)))
+    order = np.random.default_rng(seed).permutation(n)
+    held, kept = np.sort(order[:n_eval]), np.sort(order[n_eval:])
+    return table.take(pa.array(kept)), table.take(pa.array(held))
+
+
+def _concat(a: Any, b: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_tables([a, b])
+
+
+def _count_tokens(report: DataReport, tables: Iterable[Any]) -> None:
+    for table in tables:
+        ids = pk.list_array(table.column("input_ids"))
+        report.total_tokens += len(ids.flatten())
+        report.trainable_tokens += int(np.asarray(table.column("trainable").to_numpy()).sum())
+
+
+def _packing_stats(lengths: np.ndarray, training: Any) -> dict[str, Any]:
+    bs, seed, cutoff = training.per_device_batch_size, training.seed, training.cutoff_len
+    stats: dict[str, Any] = {
+        "enabled": training.packing,
+        "examples": len(lengths),
+        "unpacked": {
+            "rows": len(lengths),
+            "padToLongest": round(pk.padding_fraction(lengths, bs, seed), 4),
+            "padToCutoff": round(pk.padding_fraction(lengths, 1, seed, pad_to=cutoff), 4),
+        },
+    }
+    bins = pk.best_fit_decreasing(lengths, cutoff)
+    packed_lengths = np.array([int(lengths[b].sum()) for b in bins], dtype=np.int64)
+    stats["packed"] = {
+        "rows": len(packed_lengths),
+        "padToLongest": round(pk.padding_fraction(packed_lengths, bs, seed), 4),
+        "padToCutoff": round(pk.padding_fraction(packed_lengths, 1, seed, pad_to=cutoff), 4),
+    }
+    return stats
+
+
+def _dataset(table: Any) -> Any:
+    import datasets
+
+    return datasets.Dataset(table.select(["input_ids", "labels", "position_ids"]))
+
+
+def _template_info(template: ChatTemplate, tokenizer: Any, report: DataReport) -> dict[str, Any]:
+    unknown = template.unknown_stop_tokens(tokenizer)
+    if unknown:
+        report.warnings.append(
+            f"template '{template.name}' ends turns with {', '.join(unknown)}, which is not one token of this "
+            "tokenizer: generation cannot stop on it. Use the model's own template (auto) or its family's one."
+        )
+    sample = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    text, spans = assistant_spans(template, sample, None, dict(tokenizer.special_tokens_map), "assistant")
+    answer = text[spans[0][0] : spans[0][1]].rstrip()
+    if template.stop_tokens and not any(answer.endswith(s) for s in template.stop_tokens):
+        report.warnings.append(
+            f"template '{template.name}' does not end an assistant turn with {template.stop_tokens[0]}: "
+            "the model will not learn to stop"
+        )
+    return {"name": template.name, "stopTokens": template.stop_tokens}
+
+
+def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> list[dict[str, str]] | None:
+    """The first valid conversation of the first training dataset, as the trainer reads it (or None)."""
+    opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
+    for d in spec.datasets:
+        if d.split != "train":
+            continue
+        src = _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), _DETECT_ROWS, opts)
+        checked = _check_source(src, DataReport())
+        return checked.convs[0].messages if checked.convs else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# check_file (kubetune data check)
+# --------------------------------------------------------------------------------------------
+
+
+def check_file(
+    uri: str,
+    tokenizer: Any,
+    template: ChatTemplate,
+    *,
+    format: str = "auto",
+    columns: Any = None,
+    tags: Any = None,
+    cutoff_len: int = 2048,
+    train_on: str = "assistant",
+    storage: st.StorageOptions | None = None,
+) -> tuple[DataReport, str]:
+    """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
+
+    Returns the report and a preview: the first valid example rendered, tokenized, with its label mask.
+    """
+    _require_fast(tokenizer)
+    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage)
+    report = DataReport(invalid_policy="check", options={"cutoffLen": cutoff_len, "trainOn": train_on})
+    report.template = _template_info(template, tokenizer, report)
+    checked = _check_source(src, report)
+    preview = "no valid row to preview"
+    if checked.convs:
+        with _quiet_progress():
+            encoded = _tokenize(checked.convs, tokenizer, template, cutoff_len, train_on, 1, f"check-{os.getpid()}")
+        keep = _account(encoded, checked.origins, report)
+        table = _kept_table(encoded, keep)
+        _count_tokens(report, [table])
+        report.train_examples = table.num_rows
+        if len(keep):
+            first = int(keep[0])
+            preview = render_preview(
+                tokenizer, template, checked.convs[first], table.column("labels")[0].as_py(),
+                checked.origins[first], train_on,
+            )
+    return report, preview
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+def render_preview(
+    tokenizer: Any, template: ChatTemplate, conv: Conversation, labels: list[int], origin: tuple[str, int],
+    train_on: str,
+) -> str:
+    """The example as text with the trained parts in [[ ]], then token by token with its label."""
+    tools = json.loads(conv.tools) if conv.tools else None
+    text, _ = assistant_spans(template, conv.messages, tools, dict(tokenizer.special_tokens_map), train_on)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
+    trained = [lab != IGNORE for lab in labels]
+    pieces, inside = [], False
+    for (a, b), t in zip(offsets, trained, strict=True):
+        if t != inside:
+            pieces.append("[[" if t else "]]")
+            inside = t
+        pieces.append(text[a:b])
+    if inside:
+        pieces.append("]]")
+    n_trained = sum(trained)
+    lines = [
+        f"Preview: {origin[0]} row {origin[1]} (template {template.name}, {len(ids)} tokens, {n_trained} trained; "
+        "trained text is inside [[ ]])",
+        "".join(pieces),
+        "",
+        f"{'#':>5} {'id':>7} {'label':>7}  token",
+    ]
+    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
+        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
+    return "\n".join(lines)

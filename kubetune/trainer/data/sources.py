@@ -1,0 +1,221 @@
+"""Read dataset rows from a path, file:// or s3:// URI (a file or every data file under a prefix) or a hub id.
+
+Rows keep where they came from (file and 1-based row number: the line number for JSONL, the record
+number otherwise) so every problem can be reported where the user can find it. Rows that cannot be
+decoded are yielded as `RowError`s rather than failing the file, so one bad line costs one row.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune import storage
+from kubetune.trainer.data.formats import RowError
+
+log = logging.getLogger("kubetune.data")
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# LLaMA-Factory keeps its dataset registry beside the data; it is not data.
+_NOT_DATA = {"dataset_info.json"}
+
+
+class SourceError(ValueError):
+    """A dataset source cannot be read at all (not a row problem)."""
+
+
+@dataclass
+class SourceFile:
+    uri: str
+    data: bytes
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class Row:
+    file: str
+    row: int
+    value: dict[str, Any] | RowError
+
+
+def is_hub_id(source: str) -> bool:
+    if "://" in source or source.startswith(("/", ".", "~")) or source.lower().endswith(DATA_SUFFIXES):
+        return False
+    return not Path(source).exists()
+
+
+def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[str]:
+    """The data files of a source, in a stable (sorted) order; other files under a prefix are skipped."""
+    try:
+        found = storage.list_files(source, opts)
+    except storage.StorageError as exc:
+        raise SourceError(str(exc)) from None
+    files = [f for f in found if _is_data_file(f)]
+    if not files:
+        if found:
+            raise SourceError(
+                f"no data files under {source} ({len(found)} other files); expected {', '.join(DATA_SUFFIXES)}"
+            )
+        raise SourceError(f"dataset source {source} not found (no such file or prefix)")
+    skipped = len(found) - len(files)
+    if skipped:
+        log.info("%s: reading %d data files, skipping %d other files", source, len(files), skipped)
+    return files
+
+
+def _is_data_file(uri: str) -> bool:
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    return name.lower().endswith(DATA_SUFFIXES) and not name.startswith((".", "_")) and name not in _NOT_DATA
+
+
+def fetch(source: str, opts: storage.StorageOptions | None) -> list[SourceFile]:
+    """Every data file of a local/S3 source, read into memory (hashed for the cache key)."""
+    out = []
+    for uri in list_data_files(source, opts):
+        try:
+            out.append(SourceFile(uri, storage.read_bytes(uri, opts)))
+        except storage.StorageError as exc:
+            raise SourceError(str(exc)) from None
+    return out
+
+
+def read_rows(src: SourceFile, limit: int | None = None) -> Iterator[Row]:
+    name = src.uri.lower()
+    if name.endswith(".jsonl"):
+        rows = _jsonl(src)
+    elif name.endswith(".json"):
+        rows = _json(src)
+    elif name.endswith(".csv"):
+        rows = _csv(src)
+    elif name.endswith(".parquet"):
+        rows = _parquet(src)
+    else:
+        raise SourceError(f"{src.uri}: unsupported file type; use {', '.join(DATA_SUFFIXES)}")
+    for n, row in enumerate(rows):
+        if limit is not None and n >= limit:
+            return
+        yield row
+
+
+def _utf8_problem(exc: UnicodeDecodeError) -> RowError:
+    return RowError(f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})")
+
+
+def _jsonl(src: SourceFile) -> Iterator[Row]:
+    for lineno, raw in enumerate(src.data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        yield Row(src.uri, lineno, _decode_json_line(raw))
+
+
+def _decode_json_line(raw: bytes) -> dict[str, Any] | RowError:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _utf8_problem(exc)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return RowError(f"not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        return RowError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json(src: SourceFile) -> Iterator[Row]:
+    # surrogateescape keeps the file parseable when a few bytes are not UTF-8; the rows holding them are
+    # found afterwards and reported one by one.
+    strict = True
+    try:
+        text = src.data.decode("utf-8")
+    except UnicodeDecodeError:
+        text, strict = src.data.decode("utf-8", errors="surrogateescape"), False
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            log.warning("%s holds one JSON object per line; reading it as JSONL", src.uri)
+            yield from _jsonl(src)
+            return
+        raise SourceError(f"{src.uri} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(value, list):
+        raise SourceError(f"{src.uri}: a .json dataset must be an array of rows, got {type(value).__name__}")
+    for n, item in enumerate(value, start=1):
+        yield Row(src.uri, n, item if strict else _check_utf8(item))
+
+
+def _check_utf8(row: Any) -> Any:
+    """The row itself, or RowError if any of its strings holds bytes that were not UTF-8."""
+    bad = _first_bad_string(row)
+    if bad is not None:
+        return RowError(f"not valid UTF-8 (in text starting {bad[:30]!r})")
+    return row
+
+
+def _first_bad_string(value: Any) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", errors="replace").decode("utf-8")
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for item in items:
+        bad = _first_bad_string(item)
+        if bad is not None:
+            return bad
+    return None
+
+
+def _csv(src: SourceFile) -> Iterator[Row]:
+    text = src.data.decode("utf-8", errors="surrogateescape")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for n, record in enumerate(reader, start=1):
+        if None in record:
+            yield Row(src.uri, n, RowError(f"has {len(record[None]) + len(reader.fieldnames or [])} fields, the header "
+                                           f"has {len(reader.fieldnames or [])}"))
+            continue
+        yield Row(src.uri, n, _check_utf8(dict(record)))
+
+
+def _parquet(src: SourceFile) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(src.data))
+    except Exception as exc:
+        raise SourceError(f"{src.uri} is not a readable parquet file: {exc}") from None
+    for n, row in enumerate(table.to_pylist(), start=1):
+        yield Row(src.uri, n, row)
+
+
+def hub_rows(source: str, split: str, limit: int | None) -> Iterator[Row]:
+    """Rows of a Hugging Face hub dataset (only where a hub is reachable)."""
+    import datasets
+
+    hub_split = "train" if split == "train" else "validation"
+    try:
+        ds = datasets.load_dataset(source, split=hub_split)
+    except Exception as exc:
+        raise SourceError(
+            f"cannot load hub dataset '{source}' (split {hub_split}): {type(exc).__name__}: {exc}. "
+            "Without a reachable hub, copy the data to s3:// or a path."
+        ) from None
+    for n, row in enumerate(ds, start=1):
+        if limit is not None and n > limit:
+            return
+        yield Row(f"hub:{source}", n, dict(row))
+
+
+def hub_fingerprint(source: str) -> str:
+    return f"hub:{source}"

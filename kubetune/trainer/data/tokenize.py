@@ -1,0 +1,142 @@
+"""Template -> tokens -> labels, batched (runs inside `datasets.Dataset.map(batched=True, num_proc=...)`).
+
+Masking works for any prefix-consistent chat template, named or the tokenizer's own: for assistant
+turn i, the text of turns [0, i) rendered with the generation prompt ends where the answer starts,
+and the text of turns [0, i] ends where the turn ends, end-of-turn token included. The whole
+conversation is tokenized once (as serving will tokenize it) and a token carries loss when its
+first character lies inside an assistant span.
+
+The first token of every example never carries loss: nothing precedes it, and in a packed row the
+model's shifted loss would otherwise predict it from the previous example's last token.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubetune.trainer.templates import ChatTemplate, render
+
+IGNORE = -100
+
+# Status codes of an encoded example.
+OK, TRUNCATED, DROPPED, FAILED = 0, 1, 2, 3
+
+
+class TemplateMismatch(ValueError):
+    """The template renders turns differently depending on what follows them (no stable spans)."""
+
+
+def assistant_spans(
+    template: ChatTemplate,
+    messages: list[dict[str, str]],
+    tools: list[Any] | None,
+    special_tokens: dict[str, str],
+    train_on: str,
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans that carry loss."""
+    full = render(template, messages, special_tokens=special_tokens, tools=tools)
+    if train_on == "all":
+        return full, [(0, len(full))]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "lastTurn":
+        turns = turns[-1:]
+    spans = []
+    for i in turns:
+        prompt = render(template, messages[:i], special_tokens=special_tokens, tools=tools, add_generation_prompt=True)
+        upto = full if i == len(messages) - 1 else render(
+            template, messages[: i + 1], special_tokens=special_tokens, tools=tools
+        )
+        if not (upto.startswith(prompt) and full.startswith(upto)):
+            raise TemplateMismatch(
+                f"template '{template.name}' renders assistant turn {i + 1} differently once later turns follow; "
+                "use trainOn: lastTurn or a named template"
+            )
+        spans.append((len(prompt), len(upto)))
+    return full, spans
+
+
+def encode_batch(
+    batch: dict[str, list[Any]],
+    *,
+    tokenizer: Any,
+    template: ChatTemplate,
+    cutoff_len: int,
+    train_on: str,
+) -> dict[str, list[Any]]:
+    special = dict(tokenizer.special_tokens_map)
+    texts: list[str] = []
+    spans: list[list[tuple[int, int]]] = []
+    errors: list[str] = []
+    for messages, tools in zip(batch["messages"], batch["tools"], strict=True):
+        try:
+            text, span = assistant_spans(template, messages, json.loads(tools) if tools else None, special, train_on)
+            errors.append("")
+        except Exception as exc:  # a template's raise_exception() or a mismatch: this row only
+            text, span = "", []
+            errors.append(f"chat template failed: {exc}")
+        texts.append(text)
+        spans.append(span)
+    # The Rust tokenizer directly: transformers' wrapper would convert every offset to Python, and only the
+    # span boundaries are needed (Encoding.char_to_token).
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", "n_full", "trainable", "status", "error")}
+    for enc, text, span, error in zip(encodings, texts, spans, errors, strict=True):
+        if error:
+            _append(out, [], [], 0, FAILED, error)
+            continue
+        _encode_one(out, enc, len(text), span, cutoff_len, train_on)
+    return out
+
+
+def _append(out: dict[str, list[Any]], ids: list[int], labels: list[int], n_full: int, status: int,
+            error: str) -> None:
+    out["input_ids"].append(ids)
+    out["labels"].append(labels)
+    out["n_full"].append(n_full)
+    out["trainable"].append(len(labels) - labels.count(IGNORE))
+    out["status"].append(status)
+    out["error"].append(error)
+
+
+def _first_token_from(enc: Any, char: int, text_len: int, n_tokens: int) -> int:
+    """Index of the first token that starts at or after `char` (a token straddling `char` is before it)."""
+    if char >= text_len or not n_tokens:
+        return n_tokens
+    idx = enc.char_to_token(char)
+    if idx is None:  # a character no token covers (normalized away): scan
+        return next((i for i, (a, _) in enumerate(enc.offsets) if a >= char), n_tokens)
+    return int(idx) + 1 if enc.token_to_chars(idx)[0] < char else int(idx)
+
+
+def _encode_one(out: dict[str, list[Any]], enc: Any, text_len: int, spans: list[tuple[int, int]], cutoff_len: int,
+                train_on: str) -> None:
+    ids: list[int] = enc.ids
+    n_full = len(ids)
+    token_spans = [
+        (_first_token_from(enc, a, text_len, n_full), _first_token_from(enc, b, text_len, n_full)) for a, b in spans
+    ]
+    labels = [IGNORE] * n_full
+    for a, b in token_spans:
+        labels[a:b] = ids[a:b]
+    if n_full:
+        labels[0] = IGNORE
+    status = OK
+    if n_full > cutoff_len:
+        status = TRUNCATED
+        cut = cutoff_len
+        if train_on != "all":
+            # Prefer ending at a complete assistant turn, so the kept part still teaches when to stop.
+            whole = [b for a, b in token_spans if b <= cutoff_len and b > a]
+            if whole:
+                cut = max(whole)
+        ids, labels = ids[:cut], labels[:cut]
+    if labels.count(IGNORE) == len(labels):
+        first = token_spans[0][0] if token_spans else n_full
+        reason = (
+            f"no trainable token within cutoffLen {cutoff_len}: the first answer starts at token {first} "
+            f"of {n_full}"
+        )
+        _append(out, [], [], n_full, DROPPED, reason)
+        return
+    _append(out, ids, labels, n_full, status, "")

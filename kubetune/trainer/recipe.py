@@ -1,0 +1,393 @@
+"""The training recipe, top to bottom: load -> data -> train -> export -> upload.
+
+Every process torchrun starts runs `run(config_path)`. All ranks load, prepare data and train
+(the HF/TRL loop, DeepSpeed when asked); rank 0 alone merges, checks and uploads, and writes the
+manifest last. A failure anywhere becomes one line, an exit code and a `failed` progress report
+(see `failures.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.trainer.checkpoints import CheckpointSync, Preemption, barrier, restore_latest
+from kubetune.trainer.config import RunConfig, load_run_config, parse_size
+from kubetune.trainer.export import Probe
+from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
+from kubetune.trainer.progress import ProgressCallback, ProgressSink, progress_event
+
+log = logging.getLogger("kubetune.trainer")
+
+
+@dataclass
+class Trained:
+    trainer: Any
+    prepared: Any
+    tokenizer: Any
+    base_dir: Path
+    metrics: dict[str, Any]
+    probe: Probe
+
+
+def run(config_path: str) -> int:
+    """The whole job in this process. Returns the exit code."""
+    _setup_logging()
+    preemption = Preemption()
+    preemption.install()
+    cfg: RunConfig | None = None
+    sink: ProgressSink | None = None
+    try:
+        cfg = load_run_config(config_path)
+        if cfg.dist.is_main:
+            sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
+            sink.start()
+        log.info("kubetune trainer: %s", json.dumps(cfg.summary()))
+        trained = train(cfg, sink, preemption)
+        if cfg.dist.is_main:
+            export_and_upload(cfg, trained, sink)
+        return 0
+    except BaseException as exc:  # one line, one code, whatever went wrong
+        err = classify(exc)
+        if err.code is ExitCode.INTERNAL:
+            log.exception("unexpected failure")
+        if sink is not None:
+            sink.close_bar()
+        write_failure(err)
+        if sink is not None:  # rank 0
+            stage = "training" if err.code is ExitCode.PREEMPTED else "failed"
+            sink.emit(progress_event(stage, message=err.line), force=True)
+        return int(err.code)
+    finally:
+        if sink is not None:
+            sink.close()
+        _shutdown_distributed()
+
+
+# --------------------------------------------------------------------------------------------
+# Load, data, train (every rank)
+# --------------------------------------------------------------------------------------------
+
+
+def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> Trained:
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from kubetune.trainer.data import DataCollator, prepare_data
+    from kubetune.trainer.model import fetch_model, load_model, load_tokenizer
+
+    args = training_arguments(cfg)  # initialises the process group (gloo on CPU, nccl on GPU)
+    if args.deepspeed and cfg.dist.world_size > 1:
+        import deepspeed
+
+        # ZeRO-3 partitions weights inside from_pretrained; DeepSpeed's own comm must know the world by then.
+        deepspeed.init_distributed(dist_backend=_backend(cfg))
+    _stage(sink, "preparing", "fetching the base model")
+    with args.main_process_first(local=True, desc="model download"):
+        base_dir = fetch_model(cfg)
+    tokenizer = load_tokenizer(base_dir, cfg.spec.model.trust_remote_code)
+
+    _stage(sink, "preparing", "preparing data")
+    prepared = prepare_data(
+        cfg.spec, tokenizer, cache_dir=cfg.cache_dir / "data", cache_uri=cfg.output.cache,
+        rank=cfg.dist.rank, world_size=cfg.dist.world_size, storage=cfg.storage,
+    )
+    probe = _probe(cfg, prepared.template, tokenizer)  # before apply_to: exactly what tokenization saw
+    prepared.template.apply_to(tokenizer)  # training and export share one tokenizer setup
+    if sink is not None:
+        _publish_data_report(cfg, prepared, sink)
+
+    resume = _restore_checkpoint(cfg)
+    if sink is not None and resume is not None:
+        sink.continue_history(int(resume.name.split("-")[1]))
+    model = load_model(base_dir, cfg)
+    sync = CheckpointSync(cfg.output.checkpoints, cfg.spec.training.keep_checkpoints, cfg.storage, cfg.dist,
+                          preemption)
+    progress = ProgressCallback(sink)
+    trainer = SFTTrainer(
+        model=model, args=args, data_collator=DataCollator(tokenizer.pad_token_id),
+        train_dataset=prepared.train, eval_dataset=_non_empty(prepared.eval),
+        processing_class=tokenizer, callbacks=[progress, sync],
+    )
+    trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if preemption.requested:
+        raise TrainerError(
+            ExitCode.PREEMPTED, f"stopped by SIGTERM at step {trainer.state.global_step}",
+            "a checkpoint was saved; the restarted pod resumes from it",
+        )
+    metrics = _final_metrics(trainer, result, progress, resume)
+    trained = cfg.work_dir / "trained"
+    shutil.rmtree(trained, ignore_errors=True)  # the work dir is per node, so no rank races this
+    # Collective under ZeRO-3 (weights are gathered), so every rank takes part.
+    trainer.save_model(str(trained))
+    barrier()
+    return Trained(trainer, prepared, tokenizer, base_dir, metrics, probe)
+
+
+def training_arguments(cfg: RunConfig) -> Any:
+    from trl import SFTConfig
+
+    from kubetune.trainer.deepspeed import write_config
+
+    t = cfg.spec.training
+    eval_every = t.eval_every_steps or t.checkpoint_every_steps
+    # transformers 5: warmup_steps below 1 is a ratio of the total steps.
+    warmup = t.warmup_steps if t.warmup_steps is not None else (t.warmup_ratio if t.warmup_ratio is not None else 0.03)
+    length: dict[str, Any] = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.resolved_epochs}
+    has_eval = cfg.spec.data.validation_split > 0 or any(d.split == "validation" for d in cfg.spec.datasets)
+    return SFTConfig(
+        output_dir=str(cfg.work_dir / "checkpoints"),
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=str(t.lr_scheduler),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
+        use_cpu=cfg.device == "cpu",
+        ddp_backend=_backend(cfg),
+        ddp_find_unused_parameters=False,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        deepspeed=write_config(t.deepspeed, cfg.work_dir),
+        save_strategy="steps",
+        save_steps=t.checkpoint_every_steps,
+        save_total_limit=t.keep_checkpoints,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_every if has_eval else None,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must reach our check, not be averaged away
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,  # keep position_ids for packed rows
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=t.cutoff_len,
+        packing=False,  # our data pipeline packs; TRL must not repack
+        dataloader_num_workers=0,
+        disable_tqdm=True,  # our own bar (rank 0)
+        report_to="none",
+        warmup_steps=warmup,
+        **length,
+    )
+
+
+def _backend(cfg: RunConfig) -> str | None:
+    if cfg.dist.world_size == 1:
+        return None  # a single process needs no process group
+    return "nccl" if cfg.device == "cuda" else "gloo"
+
+
+def _restore_checkpoint(cfg: RunConfig) -> Path | None:
+    """One process per node downloads the newest complete checkpoint; every rank then resumes from it."""
+    local = cfg.work_dir / "checkpoints"
+    if cfg.dist.is_local_main:
+        restore_latest(cfg.output.checkpoints, local, cfg.storage)
+    barrier()
+    found = sorted(local.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if local.is_dir() else []
+    return found[-1] if found else None
+
+
+def _final_metrics(trainer: Any, result: Any, progress: ProgressCallback, resume: Path | None) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "trainLoss": progress.last_loss,
+        "meanTrainLoss": result.training_loss,
+        "tokensSeen": trainer.state.num_input_tokens_seen,
+        "runtimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
+        "resumedFrom": resume.name if resume else None,
+    }
+    if trainer.eval_dataset is not None:
+        metrics["evalLoss"] = trainer.evaluate()["eval_loss"]
+    return metrics
+
+
+def _non_empty(dataset: Any) -> Any:
+    return dataset if dataset is not None and len(dataset) > 0 else None
+
+
+def _publish_data_report(cfg: RunConfig, prepared: Any, sink: ProgressSink) -> None:
+    from kubetune.storage import write_bytes
+
+    report = prepared.report.to_dict()
+    write_bytes(cfg.output.data_report, (json.dumps(report, indent=2) + "\n").encode(), cfg.storage)
+    sink.report(data_report={**prepared.report.summary(), "uri": cfg.output.data_report})
+
+
+# --------------------------------------------------------------------------------------------
+# Export and upload (rank 0)
+# --------------------------------------------------------------------------------------------
+
+
+def export_and_upload(cfg: RunConfig, trained: Trained, sink: ProgressSink | None) -> None:
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from kubetune.storage import delete_prefix
+    from kubetune.trainer.manifest import build_manifest, write_manifest
+
+    # Reloading for the checks must be a plain load on this process, not a ZeRO-3 partitioned one.
+    unset_hf_deepspeed_config()
+    # A manifest from an earlier attempt must never vouch for the files about to be replaced.
+    delete_prefix(cfg.output.manifest, cfg.storage)
+
+    _stage(sink, "exporting", "merging and checking the model")
+    exported = export_model(cfg, trained)
+    sample = check_export(cfg, trained, exported)
+
+    _stage(sink, "uploading", "uploading model, adapter and reports")
+    uploaded, outputs = upload_outputs(cfg, exported, sink)
+    manifest = build_manifest(
+        root=cfg.output.root, files=uploaded,
+        job={"name": cfg.job.name, "namespace": cfg.job.namespace, "uid": cfg.job.metadata.uid},
+        base_model={"source": cfg.spec.model.source, "revision": cfg.spec.model.revision},
+        method=cfg.method, template=str(cfg.spec.template), outputs=outputs,
+        metrics={**trained.metrics, "exportSample": sample},
+        data_report=trained.prepared.report.summary(),
+    )
+    write_manifest(cfg.output.manifest, manifest, cfg.storage)  # last: the completion marker
+
+    if sink is not None:
+        sink.report(outputs=outputs)
+        total = trained.metrics["steps"]
+        sink.stage("done", f"model ready at {outputs.get('model', outputs.get('adapter'))}", step=total,
+                   total=total, loss=trained.metrics.get("trainLoss"), evalLoss=trained.metrics.get("evalLoss"))
+    log.info("done: manifest at %s", cfg.output.manifest)
+
+
+def export_model(cfg: RunConfig, trained: Trained) -> dict[str, Path]:
+    """Local export directories: {"model": merged/full weights, "adapter": the adapter alone}."""
+    from kubetune.trainer import export
+
+    out = cfg.work_dir / "export"
+    shutil.rmtree(out, ignore_errors=True)
+    trained_dir, base_dir, tok = cfg.work_dir / "trained", trained.base_dir, trained.tokenizer
+    stop_ids = trained.prepared.template.stop_token_ids(tok)
+    trust = cfg.spec.model.trust_remote_code
+    shard_bytes = parse_size(cfg.spec.output.shard_size)
+    exported: dict[str, Path] = {}
+    if cfg.method != "full":
+        adapter_dir = exported["adapter"] = out / "adapter"
+        shutil.copytree(trained_dir, adapter_dir, ignore=shutil.ignore_patterns("training_args.bin"))
+        tok.save_pretrained(str(adapter_dir))
+        export.write_generation_config(base_dir, adapter_dir, tok, stop_ids)
+    if cfg.merges:
+        model_dir = exported["model"] = out / "model"
+        if cfg.method == "full":
+            export.resave_weights(trained_dir, model_dir, shard_bytes, export.base_dtype(base_dir))
+        elif export.streamable(exported["adapter"]):
+            export.stream_merge(base_dir, exported["adapter"], model_dir, shard_bytes)
+        else:
+            export.peft_merge(base_dir, exported["adapter"], model_dir, cfg.spec.output.shard_size, trust)
+        export.finish_model_dir(base_dir, model_dir, tok, stop_ids, trust)
+        _save_resolved_config(cfg, model_dir)
+    return exported
+
+
+def check_export(cfg: RunConfig, trained: Trained, exported: dict[str, Path]) -> str:
+    """Reload what will be uploaded (the merged model, else base + adapter) and check it."""
+    from kubetune.trainer.export import verify_export
+
+    merged = "model" in exported
+    sample = verify_export(
+        exported["model"] if merged else exported["adapter"], trained.probe,
+        base_dir=None if merged else trained.base_dir, trust=cfg.spec.model.trust_remote_code,
+    )
+    log.info("export check passed; greedy sample: %r", sample)
+    return sample
+
+
+def upload_outputs(
+    cfg: RunConfig, exported: dict[str, Path], sink: ProgressSink | None
+) -> tuple[list[Any], dict[str, str]]:
+    """Upload model/, adapter/ and loss.png; returns what was stored and the outputs for the status."""
+    from kubetune.storage import delete_prefix, upload_dir, upload_file
+
+    uploaded = []
+    outputs: dict[str, str] = {}
+    for key, uri in (("model", cfg.output.model), ("adapter", cfg.output.adapter)):
+        if key in exported:
+            delete_prefix(uri, cfg.storage)  # no file of an older export may survive next to this one
+            uploaded += upload_dir(exported[key], uri, cfg.storage)
+            outputs[key] = uri
+    if sink is not None and sink.plot_loss(cfg.work_dir / "loss.png"):
+        uploaded.append(upload_file(cfg.work_dir / "loss.png", cfg.output.loss_plot, cfg.storage))
+        outputs["lossPlot"] = cfg.output.loss_plot
+    outputs.update(checkpoints=cfg.output.checkpoints, dataReport=cfg.output.data_report,
+                   manifest=cfg.output.manifest)
+    return uploaded, outputs
+
+
+# Used when the data pipeline cannot hand back a conversation of the training data.
+PROBE_MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "The capital of France is Paris."},
+]
+
+
+def _probe(cfg: RunConfig, template: Any, tokenizer: Any) -> Probe:
+    """A training conversation and the ids the data pipeline's own tokenization gives it."""
+    from kubetune.trainer.data.tokenize import encode_batch
+
+    messages = _training_conversation(cfg) or PROBE_MESSAGES
+    batch: dict[str, list[Any]] = {"messages": [messages], "tools": [None]}
+    encoded = encode_batch(batch, tokenizer=tokenizer, template=template, cutoff_len=1 << 30, train_on="all")
+    return Probe(messages=messages, input_ids=[int(i) for i in encoded["input_ids"][0]])
+
+
+def _training_conversation(cfg: RunConfig) -> list[dict[str, Any]] | None:
+    try:
+        from kubetune.trainer import data
+
+        first = getattr(data, "first_conversation", None)
+        turns = first(cfg.spec) if first is not None else None
+    except Exception as exc:  # the check still runs, on the built-in conversation
+        log.warning("could not read a training conversation for the export check: %s", exc)
+        return None
+    if not turns:
+        return None
+    return [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
+
+
+def _save_resolved_config(cfg: RunConfig, model_dir: Path) -> None:
+    import yaml
+
+    text = yaml.safe_dump(cfg.job.to_manifest(), sort_keys=False)
+    (model_dir / "kubetune_finetunejob.yaml").write_text(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Plumbing
+# --------------------------------------------------------------------------------------------
+
+
+def _stage(sink: ProgressSink | None, stage: str, message: str) -> None:
+    log.info("%s: %s", stage, message)
+    if sink is not None:
+        sink.stage(stage, message)
+
+
+def _setup_logging() -> None:
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=logging.INFO if rank == "0" else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

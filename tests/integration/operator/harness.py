@@ -1,0 +1,230 @@
+"""The operator tests' view of the world: the API as a user, the Kubeflow controller and a
+trainer see it (`Cluster`), and the operator as a real, killable `kubetune operator` process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api.crd import build_crd
+from tests.integration.operator.k8s_emulator import RunningApiServer
+
+# The Kubeflow Training Operator v1.9 CRD, beside the repository (as tests/unit/render uses it).
+PYTORCHJOB_CRD = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "kubeflow.org_pytorchjobs.yaml"
+FTJ = ("kubetune.io", "v1alpha1")
+PJ = ("kubeflow.org", "v1")
+MERGE = "application/merge-patch+json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
+    """Poll until check() returns something truthy; fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (ApiException, KeyError, TypeError) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def job_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": {"source": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "datasets": [{"source": "s3://data/alpaca.jsonl", "format": "alpaca"}],
+        "output": {"uri": f"s3://models/{name}/"},
+        "resources": {"nodes": 2, "gpusPerNode": 1},
+    }
+    body.update(spec)
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": body}
+
+
+class Cluster:
+    """The API server as the tests see it: a user, the Kubeflow controller, and a trainer."""
+
+    def __init__(self, server: RunningApiServer) -> None:
+        self.server = server
+        self.api = kubernetes.config.new_client_from_config(str(server.kubeconfig))
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(self.api)
+        self.ext = kubernetes.client.ApiextensionsV1Api(self.api)
+
+    def install_crds(self, *, pytorchjob: bool = True) -> None:
+        self.ext.create_custom_resource_definition(build_crd())
+        if pytorchjob:
+            self.install_pytorchjob_crd()
+
+    def install_pytorchjob_crd(self) -> None:
+        self.ext.create_custom_resource_definition(yaml.safe_load(PYTORCHJOB_CRD.read_text()))
+
+    # ---- the user --------------------------------------------------------------------------
+
+    def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.create_namespaced_custom_object(*FTJ, "default", "finetunejobs", manifest))
+
+    def job(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(*FTJ, "default", "finetunejobs", name))
+
+    def patch_job(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            self.custom.patch_namespaced_custom_object(
+                *FTJ, "default", "finetunejobs", name, patch, _content_type=MERGE
+            )
+        )
+
+    def delete_job(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(*FTJ, "default", "finetunejobs", name)
+
+    def phase(self, name: str) -> str | None:
+        return (self.job(name).get("status") or {}).get("phase")
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        conds = (self.job(name).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), None)
+
+    def events(self, name: str) -> list[Any]:
+        return [
+            e
+            for e in self.core.list_namespaced_event("default").items
+            if e.involved_object and e.involved_object.name == name
+        ]
+
+    def event_messages(self, name: str) -> list[str]:
+        return [e.message for e in self.events(name)]
+
+    # ---- the Kubeflow training operator -----------------------------------------------------
+
+    def pytorchjob(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(*PJ, "default", "pytorchjobs", name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def existing_pytorchjob(self, name: str) -> dict[str, Any]:
+        found = self.pytorchjob(name)
+        assert found is not None, f"PyTorchJob {name} does not exist"
+        return found
+
+    def pytorchjobs(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_namespaced_custom_object(*PJ, "default", "pytorchjobs")["items"])
+
+    def set_pytorchjob_condition(self, name: str, type_: str, reason: str, message: str = "", **status: Any) -> None:
+        """What the Kubeflow controller does: the new condition True, the exclusive ones False."""
+        pj = self.pytorchjob(name)
+        assert pj is not None, f"PyTorchJob {name} does not exist"
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        exclusive = {"Running", "Restarting", "Succeeded", "Failed", "Suspended"}
+        conds = [c for c in (pj.get("status") or {}).get("conditions") or [] if c["type"] != type_]
+        for c in conds:
+            if type_ in exclusive and c["type"] in exclusive and c["status"] == "True":
+                c.update(status="False", lastTransitionTime=now)
+        conds.append(
+            {
+                "type": type_,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastUpdateTime": now,
+                "lastTransitionTime": now,
+            }
+        )
+        self.custom.patch_namespaced_custom_object_status(
+            *PJ, "default", "pytorchjobs", name, {"status": {"conditions": conds, **status}}, _content_type=MERGE
+        )
+
+
+class OperatorProcess:
+    """`kubetune operator --namespace default` as a real process, killable and restartable."""
+
+    def __init__(self, server: RunningApiServer, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.workdir = workdir
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(server.kubeconfig),
+            "KUBETUNE_METRICS_PORT": str(self.metrics_port),
+            "KUBETUNE_HEALTH_PORT": str(self.health_port),
+            "KUBETUNE_LOG_FORMAT": "plain",
+            "KUBETUNE_TRAINER_IMAGE": "registry.local/kubetune/trainer:test",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"operator-{self.starts}.log"
+
+    def start(self) -> OperatorProcess:
+        self.starts += 1
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubetune.cli", "operator", "--namespace", "default", "--standalone"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for("the operator's /healthz", self.healthy, timeout=30)
+        return self
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log_tail()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as rsp:
+                return bool(rsp.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no chance to finish what it was doing."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        """SIGTERM, as Kubernetes does on a rollout; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        paths = sorted(self.workdir.glob("operator-*.log"))
+        text = "\n".join(p.read_text(errors="replace") for p in paths)
+        return "\n".join(text.splitlines()[-lines:])

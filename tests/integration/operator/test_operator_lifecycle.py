@@ -1,0 +1,433 @@
+"""The operator as a real process against a real HTTP API: create, run, succeed, fail, progress,
+suspend/resume, refused edits, restarts, delete, metrics. The test plays the Kubeflow controller
+(PyTorchJob status) and the trainer (StatusReporter); everything asserted is what the API holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from kubetune.api.validation import SpecError, parse_job
+from kubetune.render import RenderSettings, build_children
+from kubetune.reporting import StatusReporter
+from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for
+
+pytestmark = pytest.mark.integration
+
+OPERATOR_FIELDS = {"phase", "conditions", "observedGeneration", "pytorchJob", "startTime", "completionTime"}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, operator_factory: Callable[[], OperatorProcess]) -> Iterator[OperatorProcess]:
+    cluster.install_crds()
+    op = operator_factory().start()
+    yield op
+    print(op.log_tail())
+
+
+@pytest.fixture()
+def reporter(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], StatusReporter]]:
+    """A stand-in trainer's rank 0, configured the way the rendered pod is (env)."""
+    made: list[StatusReporter] = []
+
+    def make(name: str) -> StatusReporter:
+        monkeypatch.setenv("KUBETUNE_STATUS_REPORTING", "kubernetes")
+        monkeypatch.setenv("KUBETUNE_JOB_NAME", name)
+        monkeypatch.setenv("KUBETUNE_JOB_NAMESPACE", "default")
+        monkeypatch.setenv("KUBECONFIG", str(cluster.server.kubeconfig))
+        rep = StatusReporter.from_env()
+        assert rep is not None
+        made.append(rep)
+        return rep
+
+    yield make
+    for rep in made:
+        rep.close()
+
+
+def _strip(obj: dict[str, Any]) -> dict[str, Any]:
+    """A rendered child as stored, minus what the API server and the operator add."""
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = dict(out["metadata"])
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "ownerReferences"):
+        meta.pop(key, None)
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != "kubetune.io/applied-spec"}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    out["metadata"] = meta
+    return out
+
+
+def test_create_makes_rendered_children_owned_by_the_job(cluster: Cluster, operator: OperatorProcess) -> None:
+    manifest = job_manifest("create-1")
+    created = cluster.create_job(manifest)
+    pj = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("create-1"))
+
+    stored_job = parse_job({k: v for k, v in created.items() if k != "status"})
+    expected = build_children(stored_job, RenderSettings(trainer_image="registry.local/kubetune/trainer:test"))
+    kinds = [c["kind"] for c in expected]
+    assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PyTorchJob"]
+    readers = {
+        "ConfigMap": lambda n: cluster.api.sanitize_for_serialization(
+            cluster.core.read_namespaced_config_map(n, "default")
+        ),
+        "ServiceAccount": lambda n: cluster.api.sanitize_for_serialization(
+            cluster.core.read_namespaced_service_account(n, "default")
+        ),
+        "Role": lambda n: cluster.api.sanitize_for_serialization(cluster.rbac.read_namespaced_role(n, "default")),
+        "RoleBinding": lambda n: cluster.api.sanitize_for_serialization(
+            cluster.rbac.read_namespaced_role_binding(n, "default")
+        ),
+        "PyTorchJob": lambda n: cluster.pytorchjob(n),
+    }
+    uid = created["metadata"]["uid"]
+    for child in expected:
+        stored = readers[child["kind"]](child["metadata"]["name"])
+        refs = stored["metadata"]["ownerReferences"]
+        assert refs == [
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "name": "create-1",
+                "uid": uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ], child["kind"]
+        assert _strip(stored) == _strip(child), f"{child['kind']} differs from the render"
+    assert pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == (
+        "registry.local/kubetune/trainer:test"
+    )
+
+    job = wait_for(
+        "status.pytorchJob",
+        lambda: (cluster.job("create-1").get("status") or {}).get("pytorchJob") and cluster.job("create-1"),
+    )
+    status = job["status"]
+    assert status["phase"] == "Pending"
+    assert status["observedGeneration"] == 1
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Validated"] == "True" and conditions["PyTorchJobCreated"] == "True"
+    assert "kopf" not in status
+    assert not job["metadata"].get("finalizers"), "no external cleanup -> no finalizer"
+    foreign = [k for k in job["metadata"].get("annotations", {}) if not k.startswith("kubetune.io/")]
+    assert foreign == [], "Kopf's bookkeeping must live under kubetune.io/"
+    wait_for("the Created event", lambda: "Created PyTorchJob create-1" in cluster.event_messages("create-1"))
+
+
+def test_running_then_succeeded_with_progress_from_the_trainer(
+    cluster: Cluster, operator: OperatorProcess, reporter: Callable[[str], StatusReporter]
+) -> None:
+    cluster.create_job(job_manifest("happy"))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob("happy"))
+    cluster.set_pytorchjob_condition("happy", "Created", "PyTorchJobCreated", "PyTorchJob happy is created.")
+    cluster.set_pytorchjob_condition(
+        "happy",
+        "Running",
+        "PyTorchJobRunning",
+        "PyTorchJob default/happy is running.",
+        startTime="2026-01-01T10:00:00Z",
+    )
+    wait_for("phase Training", lambda: cluster.phase("happy") == "Training")
+    running = cluster.condition("happy", "Running")
+    assert running is not None
+    assert (running["status"], running["reason"]) == ("True", "PyTorchJobRunning")
+    assert running["message"] == "PyTorchJob default/happy is running."
+    assert cluster.job("happy")["status"]["startTime"] == "2026-01-01T10:00:00Z"
+    wait_for("the Training event", lambda: "Training started" in cluster.event_messages("happy"))
+
+    trainer = reporter("happy")
+    sent = time.monotonic()
+    trainer.report(
+        progress={
+            "stage": "training",
+            "step": 84,
+            "totalSteps": 200,
+            "loss": 1.23456,
+            "etaSeconds": 3720,
+            "tokensPerSecond": 5120.5,
+            "epoch": 0.42,
+        }
+    )
+    trainer.report(data_report={"rowsRead": 1000, "invalid": 0, "uri": "s3://models/happy/data_report.json"})
+    progress = wait_for("status.progress", lambda: cluster.job("happy")["status"].get("progress"), timeout=30)
+    latency = time.monotonic() - sent
+    assert latency < 30, latency
+    assert progress["display"] == "42% 84/200"
+    assert progress["eta"] == "1h02m"
+    assert progress["loss"] == pytest.approx(1.2346)
+    assert progress["tokensPerSecond"] == 5120.5
+    trainer.flush()
+    assert wait_for("dataReport", lambda: cluster.job("happy")["status"].get("dataReport"))["rowsRead"] == 1000
+
+    row = _printed_row(cluster, "happy")  # what `kubectl get ftj` shows (server-side printing)
+    assert (row["Phase"], row["Progress"], row["Loss"], row["ETA"]) == ("Training", "42% 84/200", 1.2346, "1h02m")
+
+    trainer.report(progress={"stage": "exporting", "step": 200, "totalSteps": 200, "loss": 0.5})
+    wait_for("phase Exporting", lambda: cluster.phase("happy") == "Exporting")
+    trainer.report(
+        progress={"stage": "done"},
+        outputs={"model": "s3://models/happy/model/", "adapter": "s3://models/happy/adapter/"},
+        force=True,
+    )
+    cluster.set_pytorchjob_condition(
+        "happy",
+        "Succeeded",
+        "PyTorchJobSucceeded",
+        "PyTorchJob default/happy successfully completed.",
+        completionTime="2026-01-01T11:00:00Z",
+    )
+    wait_for("phase Succeeded", lambda: cluster.phase("happy") == "Succeeded")
+    status = cluster.job("happy")["status"]
+    assert status["completionTime"] == "2026-01-01T11:00:00Z"
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "PyTorchJobSucceeded")
+    assert succeeded["message"] == "model at s3://models/happy/model/"
+    assert next(c for c in status["conditions"] if c["type"] == "Running")["status"] == "False"
+    # The operator never overwrote what the trainer wrote.
+    assert status["progress"]["stage"] == "done" and status["progress"]["display"] == "100% 200/200"
+    assert status["outputs"]["model"] == "s3://models/happy/model/"
+    assert status["dataReport"]["rowsRead"] == 1000
+    wait_for(
+        "the Succeeded event", lambda: "Succeeded: model at s3://models/happy/model/" in cluster.event_messages("happy")
+    )
+
+
+def _printed_row(cluster: Cluster, name: str) -> dict[str, Any]:
+    response = cluster.api.call_api(
+        f"/apis/kubetune.io/v1alpha1/namespaces/default/finetunejobs/{name}",
+        "GET",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+        _return_http_data_only=True,
+    )
+    table = json.loads(response.data)
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    return dict(zip(columns, table["rows"][0]["cells"], strict=True))
+
+
+def test_running_then_failed_carries_reasons_and_the_trainers_message(
+    cluster: Cluster, operator: OperatorProcess, reporter: Callable[[str], StatusReporter]
+) -> None:
+    cluster.create_job(job_manifest("sad"))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob("sad"))
+    cluster.set_pytorchjob_condition("sad", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("sad") == "Training")
+    reporter("sad").report(
+        progress={"stage": "failed", "message": "data: train.jsonl row 17: missing 'output'"}, force=True
+    )
+    cluster.set_pytorchjob_condition(
+        "sad", "Failed", "PyTorchJobFailed", "PyTorchJob default/sad has failed because 1 Master replica(s) failed."
+    )
+    wait_for("phase Failed", lambda: cluster.phase("sad") == "Failed")
+    failed = cluster.condition("sad", "Failed")
+    assert failed is not None and failed["status"] == "True" and failed["reason"] == "PyTorchJobFailed"
+    assert failed["message"] == (
+        "data: train.jsonl row 17: missing 'output' | "
+        "PyTorchJob default/sad has failed because 1 Master replica(s) failed."
+    )
+    assert cluster.job("sad")["status"]["completionTime"]
+    warnings = wait_for("a Warning event", lambda: [e for e in cluster.events("sad") if e.type == "Warning"])
+    assert warnings[0].reason == "Failed" and "row 17" in warnings[0].message
+
+
+def test_a_killed_pods_reason_reaches_the_failed_condition(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("oom"))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob("oom"))
+    cluster.set_pytorchjob_condition("oom", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("oom") == "Training")
+    # What the kubelet and the Kubeflow controller leave behind when the master is OOM-killed.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "oom-master-0", "labels": {"training.kubeflow.org/job-name": "oom"}},
+        "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
+    }
+    cluster.core.create_namespaced_pod("default", pod)
+    terminated = {"exitCode": 137, "reason": "OOMKilled", "message": "loading shard 3/4"}
+    cluster.core.patch_namespaced_pod_status(
+        "oom-master-0",
+        "default",
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "pytorch",
+                        "image": "trainer",
+                        "imageID": "trainer@sha256:0",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ]
+            }
+        },
+        _content_type="application/merge-patch+json",
+    )
+    cluster.set_pytorchjob_condition("oom", "Failed", "PyTorchJobFailed", "1 Master replica(s) failed.")
+    failed = wait_for(
+        "the Failed condition", lambda: cluster.phase("oom") == "Failed" and cluster.condition("oom", "Failed")
+    )
+    assert failed["reason"] == "OOMKilled"
+    assert (
+        failed["message"]
+        == "pod oom-master-0: OOMKilled (exit code 137): loading shard 3/4 | 1 Master replica(s) failed."
+    )
+
+
+def test_invalid_spec_fails_without_a_pytorchjob(cluster: Cluster, operator: OperatorProcess) -> None:
+    bad = job_manifest("bad-spec", training={"learningRate": 5, "epochz": 3})
+    cluster.create_job(bad)
+    wait_for("phase Failed", lambda: cluster.phase("bad-spec") == "Failed")
+    validated = cluster.condition("bad-spec", "Validated")
+    assert validated is not None and validated["status"] == "False" and validated["reason"] == "InvalidSpec"
+    with pytest.raises(SpecError) as validate:  # what `kubetune validate` says about the same document
+        parse_job(bad)
+    assert validated["message"] == "; ".join(str(p) for p in validate.value.problems)
+    assert "spec.training.epochz: unknown field 'epochz' (did you mean 'epochs'?)" in validated["message"]
+    events = wait_for(
+        "the InvalidSpec event", lambda: [e for e in cluster.events("bad-spec") if e.reason == "InvalidSpec"]
+    )
+    assert events[0].type == "Warning"
+    time.sleep(1.0)  # would a retry make something? (it must not)
+    assert cluster.pytorchjob("bad-spec") is None
+    assert len([e for e in cluster.events("bad-spec") if e.reason == "InvalidSpec"]) == 1, "no retries"
+
+
+def test_suspend_and_resume_reach_the_pytorchjob(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("pause"))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob("pause"))
+    cluster.set_pytorchjob_condition("pause", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("pause") == "Training")
+
+    cluster.patch_job("pause", {"spec": {"suspend": True}})
+    wait_for("runPolicy.suspend", lambda: cluster.existing_pytorchjob("pause")["spec"]["runPolicy"]["suspend"] is True)
+    cluster.set_pytorchjob_condition("pause", "Suspended", "PyTorchJobSuspended", "PyTorchJob pause is suspended.")
+    wait_for("phase Suspended", lambda: cluster.phase("pause") == "Suspended")
+    assert cluster.condition("pause", "Suspended")["status"] == "True"  # type: ignore[index]
+    assert cluster.condition("pause", "SpecApplied")["status"] == "True"  # type: ignore[index]
+
+    cluster.patch_job("pause", {"spec": {"suspend": False}})
+    wait_for(
+        "runPolicy.suspend false", lambda: cluster.existing_pytorchjob("pause")["spec"]["runPolicy"]["suspend"] is False
+    )
+    cluster.set_pytorchjob_condition("pause", "Running", "PyTorchJobRunning", "resumed")
+    wait_for("phase Training again", lambda: cluster.phase("pause") == "Training")
+    messages = wait_for(
+        "the Resumed event",
+        lambda: "Resumed: training again" in cluster.event_messages("pause") and cluster.event_messages("pause"),
+    )
+    assert "Suspending PyTorchJob pause" in messages and "Resuming PyTorchJob pause" in messages
+
+
+def test_other_spec_changes_are_refused_until_reverted(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("frozen"))
+    before = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("frozen"))
+    wait_for("SpecApplied", lambda: (cluster.condition("frozen", "SpecApplied") or {}).get("status") == "True")
+
+    cluster.patch_job("frozen", {"spec": {"training": {"learningRate": 0.001}}})
+    refused = wait_for(
+        "SpecApplied False", lambda: (c := cluster.condition("frozen", "SpecApplied")) and c["status"] == "False" and c
+    )
+    assert refused["reason"] == "SpecImmutable"
+    assert refused["message"].startswith("spec.training.learningRate changed after PyTorchJob frozen was created")
+    assert refused["observedGeneration"] == 2
+    assert cluster.job("frozen")["status"]["observedGeneration"] == 2
+    after = cluster.pytorchjob("frozen")
+    assert after is not None and after["spec"] == before["spec"], "the PyTorchJob must not follow the edit"
+    wait_for("a SpecImmutable event", lambda: any(e.reason == "SpecImmutable" for e in cluster.events("frozen")))
+
+    cluster.patch_job("frozen", {"spec": {"training": {"learningRate": None}}})
+    wait_for(
+        "SpecApplied True after revert",
+        lambda: (cluster.condition("frozen", "SpecApplied") or {}).get("status") == "True",
+    )
+
+
+def test_restart_adopts_what_a_killed_operator_made(cluster: Cluster, operator: OperatorProcess) -> None:
+    # Deterministic: the operator died right after creating the PyTorchJob, before writing status.
+    operator.kill()
+    job = cluster.create_job(job_manifest("orphan"))
+    children = build_children(
+        parse_job({k: v for k, v in job.items() if k != "status"}),
+        RenderSettings(trainer_image="registry.local/kubetune/trainer:test"),
+    )
+    pj = children[-1]
+    pj["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "orphan",
+            "uid": job["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    made = cluster.custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", pj)
+
+    # Random: killed in the middle of a burst of creations.
+    operator.start()
+    for i in range(8):
+        cluster.create_job(job_manifest(f"burst-{i}"))
+    time.sleep(0.3)
+    operator.kill()
+    operator.start()
+
+    wait_for("orphan adopted", lambda: (cluster.job("orphan").get("status") or {}).get("pytorchJob") == "orphan")
+    assert cluster.existing_pytorchjob("orphan")["metadata"]["uid"] == made["metadata"]["uid"], "adopted, not re-made"
+    for i in range(8):
+        name = f"burst-{i}"
+        wait_for(f"{name} created", lambda name=name: (cluster.job(name).get("status") or {}).get("pytorchJob"))  # type: ignore[misc]
+    owners = [ref["name"] for pj in cluster.pytorchjobs() for ref in pj["metadata"]["ownerReferences"]]
+    for name in ["orphan", *(f"burst-{i}" for i in range(8))]:
+        assert owners.count(name) == 1, f"{name} has {owners.count(name)} PyTorchJobs"
+        created_events = [m for m in cluster.event_messages(name) if m.startswith("Created PyTorchJob")]
+        assert len(created_events) <= 1, created_events
+
+
+def test_metrics_and_health(cluster: Cluster, operator: OperatorProcess) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as rsp:
+        assert rsp.status == 200
+    wait_for("phases in metrics", lambda: 'kubetune_finetunejobs{phase="Pending"}' in _metrics(operator))
+    text = _metrics(operator)
+    counts = {
+        line.split("}")[0].split('"')[1]: int(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("kubetune_finetunejobs{")
+    }
+    jobs = cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")["items"]
+    assert sum(counts.values()) == len(jobs)
+    assert 'kubetune_reconcile_duration_seconds_count{handler="status"}' in text
+    assert 'kubetune_reconcile_errors_total{handler="create"}' in text
+
+
+def _metrics(op: OperatorProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as rsp:
+        return str(rsp.read().decode())
+
+
+def test_delete_takes_the_children_and_sigterm_exits_cleanly(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("gone"))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob("gone"))
+    wait_for(
+        "the ConfigMap",
+        lambda: cluster.core.list_namespaced_config_map("default", label_selector="kubetune.io/finetunejob=gone").items,
+    )
+    cluster.delete_job("gone")
+    wait_for("the PyTorchJob to go", lambda: cluster.pytorchjob("gone") is None)
+    assert not cluster.core.list_namespaced_config_map("default", label_selector="kubetune.io/finetunejob=gone").items
+    assert not cluster.rbac.list_namespaced_role("default", label_selector="kubetune.io/finetunejob=gone").items
+    assert operator.proc is not None and operator.proc.poll() is None
+
+    assert operator.stop() == 0, operator.log_tail()
+    assert os.path.exists(operator.log_path)

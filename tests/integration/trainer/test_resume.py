@@ -1,0 +1,61 @@
+"""A run stopped by SIGTERM saves a checkpoint and exits 143; the next run resumes from it unasked."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.trainer.helpers import Run, job, progress_events, trainer_env, write_job
+
+pytestmark = pytest.mark.integration
+
+
+def _start(config, env):
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(config)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(path, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_preempted_run_resumes_from_its_checkpoint(tiny_model_dir, chat_data, tmp_path):
+    output = tmp_path / "out"
+    manifest = job("resume", str(tiny_model_dir), str(chat_data), str(output),
+                   training={"maxSteps": 300, "checkpointEverySteps": 20, "loggingSteps": 10})
+    config = write_job(tmp_path / "job.yaml", manifest)
+    env = trainer_env(tmp_path)
+
+    proc = _start(config, env)
+    _wait_for(output / "checkpoints" / "checkpoint-20" / "COMPLETE", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    first = Run(proc.returncode, stderr, "")
+    assert first.code == 143, stderr[-3000:]
+    line = first.error_lines()[0]
+    stopped_at = int(line.split("stopped by SIGTERM at step ")[1].split(":")[0])
+    assert 20 < stopped_at < 300
+    assert (output / "checkpoints" / f"checkpoint-{stopped_at}" / "COMPLETE").exists()
+    assert not (output / "manifest.json").exists()
+
+    second = _start(config, env)
+    _, stderr = second.communicate(timeout=240)
+    assert second.returncode == 0, stderr[-3000:]
+    assert f"resuming from {output}/checkpoints/checkpoint-{stopped_at}" in stderr
+    metrics = json.loads((output / "manifest.json").read_text())["metrics"]
+    assert metrics["resumedFrom"] == f"checkpoint-{stopped_at}" and metrics["steps"] == 300
+    steps = [e["step"] for e in progress_events(output / "progress.jsonl") if "loss" in e and e["stage"] == "training"]
+    # The loss history covers both processes: first run up to the checkpoint, then the resumed steps.
+    assert steps == sorted(steps) and steps[0] == 10 and steps[-1] == 300
+    assert all(s <= stopped_at for s in steps if s < stopped_at) and len(steps) == len(set(steps))

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from kubetune.storage import write_bytes
+from kubetune.trainer.checkpoints import COMPLETE, prune, restore_latest, scan
+
+
+def _checkpoint(root, step, *, complete=True):
+    write_bytes(f"{root}/checkpoint-{step}/adapter_model.safetensors", b"w" * step)
+    write_bytes(f"{root}/checkpoint-{step}/trainer_state.json", b"{}")
+    if complete:
+        write_bytes(f"{root}/checkpoint-{step}/{COMPLETE}", b"done")
+
+
+def test_only_marked_checkpoints_are_complete(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    _checkpoint(root, 10)
+    _checkpoint(root, 20)
+    _checkpoint(root, 30, complete=False)  # an upload cut off by preemption
+    assert scan(root, None) == ([10, 20], [30])
+
+
+def test_restore_takes_latest_complete_and_drops_stale_local_state(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    _checkpoint(root, 10)
+    _checkpoint(root, 20)
+    _checkpoint(root, 30, complete=False)
+    local = tmp_path / "local"
+    (local / "checkpoint-40").mkdir(parents=True)  # left by a process that never uploaded it
+    restored = restore_latest(root, local, None)
+    assert restored == local / "checkpoint-20"
+    assert (restored / "adapter_model.safetensors").read_bytes() == b"w" * 20
+    assert sorted(p.name for p in local.iterdir()) == ["checkpoint-20"]
+
+
+def test_fresh_run_has_nothing_to_restore(tmp_path):
+    assert restore_latest(str(tmp_path / "none"), tmp_path / "local", None) is None
+
+
+def test_prune_keeps_newest_and_removes_dead_uploads(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    for step in (10, 20, 30):
+        _checkpoint(root, step)
+    _checkpoint(root, 15, complete=False)
+    _checkpoint(root, 40, complete=False)  # may still be uploading: keep it
+    assert prune(root, 2, None) == [10, 15]
+    assert scan(root, None) == ([20, 30], [40])

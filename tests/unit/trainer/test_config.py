@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kubetune.trainer.config import Distributed, load_run_config, parse_size, resolve_precision
+from kubetune.trainer.failures import TrainerError
+from kubetune.trainer.model import fetch_model, lora_config
+
+
+@pytest.mark.parametrize(("text", "size"), [("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30),
+                                            ("1.5 GB", 1_500_000_000)])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "bf16", "runs"),
+    [("bf16", False, False, "fp32"), ("fp16", False, False, "fp32"), ("fp32", False, False, "fp32"),
+     ("bf16", True, True, "bf16"), ("bf16", True, False, "fp16"), ("fp16", True, True, "fp16")],
+)
+def test_precision_that_runs(requested, cuda, bf16, runs):
+    assert resolve_precision(requested, cuda=cuda, bf16_supported=bf16) == runs
+
+
+def test_distributed_from_torchrun_env():
+    d = Distributed.from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (d.rank, d.world_size, d.local_rank, d.is_main, d.is_local_main) == (3, 4, 1, False, False)
+    assert Distributed.from_env({}).is_main  # no torchrun: a single process
+
+
+def _job_file(tmp_path, **spec):
+    doc = {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "demo"},
+        "spec": {"model": {"source": str(tmp_path / "model")}, "datasets": [{"source": "s3://data/x.jsonl"}],
+                 "output": {"uri": "s3://out/runs/demo/"}, **spec},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_run_config_layout_and_env(tmp_path):
+    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache"), "KUBETUNE_JOB_NAME": "demo-x",
+           "KUBETUNE_JOB_NAMESPACE": "team", "GROUP_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}
+    cfg = load_run_config(_job_file(tmp_path), env)
+    assert cfg.work_dir == tmp_path / "cache" / "runs" / "team-demo-x" / "node-1"
+    assert cfg.output.checkpoints == "s3://out/runs/demo/checkpoints"
+    assert cfg.output.manifest == "s3://out/runs/demo/manifest.json"
+    assert cfg.output.model == "s3://out/runs/demo/model"
+    assert cfg.dist.world_size == 2 and not cfg.dist.is_main
+    assert cfg.precision == "fp32"  # the spec's default bf16, on this CPU-only machine
+    assert cfg.merges
+
+
+def test_missing_local_model_is_a_model_error(tmp_path):
+    cfg = load_run_config(_job_file(tmp_path), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
+    with pytest.raises(TrainerError, match="no model at") as info:
+        fetch_model(cfg)
+    assert info.value.code == 4
+
+
+@pytest.mark.parametrize(
+    ("targets", "expected"), [(["all"], "all-linear"), (["q_proj", "v_proj"], {"q_proj", "v_proj"})]
+)
+def test_lora_targets(tmp_path, targets, expected):
+    method = {"type": "lora", "lora": {"rank": 4, "alpha": 8, "targetModules": targets, "useRslora": True}}
+    cfg = load_run_config(_job_file(tmp_path, method=method), {"KUBETUNE_CACHE_DIR": str(tmp_path)})
+    config = lora_config(cfg)
+    assert config.target_modules == expected
+    assert (config.r, config.lora_alpha, config.use_rslora) == (4, 8, True)
+
+
+@pytest.mark.parametrize(
+    ("training", "warmup", "length"),
+    [
+        ({}, 0.03, {"num_train_epochs": 3.0}),
+        ({"warmupRatio": 0.1, "maxSteps": 50}, 0.1, {"max_steps": 50}),
+        ({"warmupSteps": 7, "epochs": 1.5}, 7, {"num_train_epochs": 1.5}),
+    ],
+)
+def test_training_arguments_follow_the_spec(tmp_path, training, warmup, length):
+    from kubetune.trainer.recipe import training_arguments
+
+    spec = {"training": {"checkpointEverySteps": 25, "keepCheckpoints": 3, **training},
+            "data": {"validationSplit": 0.1}}
+    cfg = load_run_config(_job_file(tmp_path, **spec), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
+    args = training_arguments(cfg)
+    assert args.warmup_steps == warmup
+    for key, value in length.items():
+        assert getattr(args, key) == value
+    assert (args.save_steps, args.save_total_limit) == (25, 3)
+    assert args.eval_strategy == "steps" and args.eval_steps == 25  # eval at each checkpoint by default
+    assert args.logging_nan_inf_filter is False  # NaN losses must reach the check
+    assert args.use_cpu and not args.bf16 and args.deepspeed is None
+    assert args.output_dir == str(cfg.work_dir / "checkpoints")

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from kubetune.storage import StorageError
+from kubetune.trainer.failures import ExitCode, TrainerError, check_loss, classify, write_failure
+
+
+@pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_stops_training(loss):
+    with pytest.raises(TrainerError) as info:
+        check_loss(loss, step=7)
+    assert info.value.code is ExitCode.NAN
+    assert "step 7" in info.value.line
+
+
+@pytest.mark.parametrize("loss", [None, 0.0, 3.5])
+def test_finite_loss_passes(loss):
+    check_loss(loss, step=1)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (StorageError("cannot read s3://b/x: access denied"), ExitCode.STORAGE),
+        (MemoryError(), ExitCode.OOM),
+        (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), ExitCode.OOM),
+        (KeyError("boom"), ExitCode.INTERNAL),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+    ],
+)
+def test_classify(exc, code):
+    err = classify(exc)
+    assert err.code is code
+    assert err.line.startswith("kubetune: error: ")
+    assert "\n" not in err.line
+
+
+def test_spec_and_data_errors_are_config_errors():
+    from kubetune.api.validation import Problem, SpecError
+
+    assert classify(SpecError([Problem("spec.model", "required field is missing")])).code is ExitCode.CONFIG
+
+
+def test_failure_line_goes_to_stderr_and_termination_log(tmp_path, monkeypatch, capsys):
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    err = TrainerError(ExitCode.MODEL, "no model at /models/x", "check spec.model.source")
+    write_failure(err)
+    assert capsys.readouterr().err.strip() == "kubetune: error: no model at /models/x: check spec.model.source"
+    assert log.read_text().strip() == err.line
+
+
+def test_each_failing_rank_appends_its_line(tmp_path, monkeypatch):
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(log))
+    first = TrainerError(ExitCode.OOM, "out of memory", "lower the batch size")
+    second = TrainerError(ExitCode.INTERNAL, "unexpected RuntimeError: connection closed by peer", "see the log")
+    write_failure(first)
+    write_failure(second)
+    assert log.read_text().splitlines() == [first.line, second.line]
