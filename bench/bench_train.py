@@ -55,8 +55,8 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[int, float, f
     return proc.returncode, time.monotonic() - start, usage.ru_maxrss / 1024, tail
 
 
-def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps: int) -> dict[str, Any]:
-    output = work / f"out-packing-{packing}"
+def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps: int, attempt: int) -> dict[str, Any]:
+    output = work / f"out-packing-{packing}-{attempt}"
     job = {
         "apiVersion": "kubetune.io/v1alpha1",
         "kind": "FineTuneJob",
@@ -75,7 +75,7 @@ def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps
     }
     config = work / f"job-{packing}.yaml"
     config.write_text(yaml.safe_dump(job))
-    env = {**os.environ, "KUBETUNE_CACHE_DIR": str(work / f"cache-{packing}"), "OMP_NUM_THREADS": "2",
+    env = {**os.environ, "KUBETUNE_CACHE_DIR": str(work / f"cache-{packing}-{attempt}"), "OMP_NUM_THREADS": "2",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     code, wall, rss, tail = run_measured([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], env)
     if code != 0:
@@ -83,6 +83,7 @@ def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps
     metrics = json.loads((output / "manifest.json").read_text())["metrics"]
     events = [json.loads(line) for line in (output / "progress.jsonl").read_text().splitlines()]
     rates = [e["tokensPerSecond"] for e in events if e.get("tokensPerSecond")]
+    layout = json.loads((output / "data_report.json").read_text())["packing"]
     return {
         "packing": packing,
         "steps": metrics["steps"],
@@ -92,6 +93,9 @@ def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps
         "tokensPerSecondSteady": round(sorted(rates)[len(rates) // 2], 1) if rates else None,
         "processPeakRssMiB": round(rss, 1),
         "processWallSeconds": round(wall, 1),
+        "rows": layout["packed" if packing else "unpacked"]["rows"],
+        "padShareOfBatches": layout["packed" if packing else "unpacked"]["padToLongest"],
+        "loadAverage1m": os.getloadavg()[0],
     }
 
 
@@ -173,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=2, help="runs per setting, alternating (CPU timings are noisy)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the training model")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--merge-hidden", type=int, default=1024, help="hidden size of the merge model")
@@ -190,7 +195,12 @@ def main() -> None:
         data.write_text("".join(json.dumps(r) + "\n" for r in conversations(args.rows)))
         results: dict[str, Any] = {"model": {"hiddenSize": args.hidden, "layers": args.layers}}
         if args.only != "merge":
-            results["training"] = [bench_training(work, model_dir, data, p, args.steps) for p in (False, True)]
+            runs = [bench_training(work, model_dir, data, p, args.steps, i)
+                    for i in range(args.repeat) for p in (False, True)]
+            results["training"] = runs
+            results["bestTokensPerSecond"] = {
+                f"packing={p}": max(r["tokensPerSecond"] for r in runs if r["packing"] == p) for p in (False, True)
+            }
         if args.only != "training":
             results["merge"] = bench_merge(work, args.merge_hidden, args.merge_layers)
     print(json.dumps(results, indent=2))

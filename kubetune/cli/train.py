@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 ORDER = 40
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     if not args.config:
-        print("kubetune: error: --config FILE (or KUBETUNE_CONFIG) is required", flush=True)
+        print("kubetune: error: --config FILE (or KUBETUNE_CONFIG) is required", file=sys.stderr, flush=True)
         return 2
     from kubetune.trainer.recipe import run
 

@@ -98,6 +98,10 @@ class Preemption:
     def install(self) -> None:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint at the next step, then exiting")
         self.requested = True

@@ -52,6 +52,8 @@ def run(config_path: str) -> int:
         trained = train(cfg, sink, preemption)
         if cfg.dist.is_main:
             export_and_upload(cfg, trained, sink)
+        if cfg.dist.is_local_main:
+            _clean_work_dir(cfg)
         return 0
     except BaseException as exc:  # one line, one code, whatever went wrong
         err = classify(exc)
@@ -327,7 +329,7 @@ def upload_outputs(
     return uploaded, outputs
 
 
-# Used when the data pipeline cannot hand back a conversation of the training data.
+# Used when the training data yields no conversation to check the export with.
 PROBE_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -346,17 +348,13 @@ def _probe(cfg: RunConfig, template: Any, tokenizer: Any) -> Probe:
 
 
 def _training_conversation(cfg: RunConfig) -> list[dict[str, Any]] | None:
-    try:
-        from kubetune.trainer import data
+    from kubetune.trainer.data import first_conversation
 
-        first = getattr(data, "first_conversation", None)
-        turns = first(cfg.spec) if first is not None else None
+    try:
+        return first_conversation(cfg.spec, cfg.storage)
     except Exception as exc:  # the check still runs, on the built-in conversation
         log.warning("could not read a training conversation for the export check: %s", exc)
         return None
-    if not turns:
-        return None
-    return [{"role": str(t["role"]), "content": str(t["content"])} for t in turns]
 
 
 def _save_resolved_config(cfg: RunConfig, model_dir: Path) -> None:
@@ -369,6 +367,12 @@ def _save_resolved_config(cfg: RunConfig, model_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Plumbing
 # --------------------------------------------------------------------------------------------
+
+
+def _clean_work_dir(cfg: RunConfig) -> None:
+    """Everything that matters is in the output now; node-local caches outlive jobs, so free the disk."""
+    for name in ("checkpoints", "trained", "export"):
+        shutil.rmtree(cfg.work_dir / name, ignore_errors=True)
 
 
 def _stage(sink: ProgressSink | None, stage: str, message: str) -> None:

@@ -45,6 +45,7 @@ def test_lora_from_s3_to_s3(s3_server, tiny_model_dir, chat_data, tmp_path):
     manifest = job(
         "flow", "s3://kt-flow/models/tiny/", "s3://kt-flow/data/chat.jsonl", "s3://kt-flow/runs/flow/",
         data={"validationSplit": 0.1}, storage={"addressingStyle": "path"},
+        training={"gradientCheckpointing": True},  # the spec's default, on the LoRA path
     )
     run = run_trainer(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path, s3_server.env()))
     assert run.code == 0, run.stderr[-4000:]

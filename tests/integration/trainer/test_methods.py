@@ -39,3 +39,5 @@ def test_method_trains_and_exports(method, training, tiny_model_dir, chat_data, 
     assert next(model.parameters()).dtype.is_floating_point
     has_adapter = (output / "adapter" / "adapter_model.safetensors").exists()
     assert has_adapter == (method["type"] == "qlora")
+    # The node-local work dir is emptied once everything is in the output (caches outlive jobs).
+    assert not list((tmp_path / "cache" / "runs").rglob("*.safetensors"))

@@ -44,3 +44,48 @@ def test_prune_keeps_newest_and_removes_dead_uploads(tmp_path):
     _checkpoint(root, 40, complete=False)  # may still be uploading: keep it
     assert prune(root, 2, None) == [10, 15]
     assert scan(root, None) == ([20, 30], [40])
+
+
+def _trainer_objects(tmp_path, step):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    args = SimpleNamespace(output_dir=str(tmp_path / "local"), device="cpu")
+    return args, SimpleNamespace(global_step=step), TrainerControl()
+
+
+def test_on_save_uploads_then_marks_complete_then_prunes(tmp_path):
+    from kubetune.trainer.checkpoints import CheckpointSync, Preemption
+    from kubetune.trainer.config import Distributed
+
+    remote = str(tmp_path / "remote" / "checkpoints")
+    sync = CheckpointSync(remote, keep=2, opts=None, dist=Distributed(), preemption=Preemption())
+    for step in (10, 20, 30):
+        local = tmp_path / "local" / f"checkpoint-{step}"
+        local.mkdir(parents=True)
+        (local / "optimizer.pt").write_bytes(b"o" * step)
+        sync.on_save(*_trainer_objects(tmp_path, step))
+    assert scan(remote, None) == ([20, 30], [])
+    assert (tmp_path / "remote" / "checkpoints" / "checkpoint-30" / "optimizer.pt").read_bytes() == b"o" * 30
+
+
+def test_sigterm_saves_and_stops_at_the_next_step(tmp_path):
+    import os
+    import signal
+
+    from kubetune.trainer.checkpoints import CheckpointSync, Preemption
+    from kubetune.trainer.config import Distributed
+
+    preemption = Preemption()
+    preemption.install()
+    try:
+        sync = CheckpointSync(str(tmp_path), keep=1, opts=None, dist=Distributed(), preemption=preemption)
+        args, state, control = _trainer_objects(tmp_path, 5)
+        sync.on_step_end(args, state, control)
+        assert not control.should_save and not control.should_training_stop
+        os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only sets the flag
+        sync.on_step_end(args, state, control)
+        assert preemption.requested and control.should_save and control.should_training_stop
+    finally:
+        preemption.uninstall()

@@ -12,6 +12,7 @@ from kubetune.trainer.export import (
     TensorReader,
     check_template,
     iter_tensors,
+    peft_merge,
     resave_weights,
     stream_merge,
     streamable,
@@ -61,9 +62,16 @@ def test_stream_merge_matches_adapter_logits(tiny_model_dir, tmp_path, rslora):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # ...and the merge keeps the change
 
 
-def test_dora_adapters_go_through_peft(tiny_model_dir, tmp_path):
-    _adapter(tiny_model_dir, tmp_path / "adapter", use_dora=True)
-    assert not streamable(tmp_path / "adapter")
+def test_dora_adapters_merge_through_peft(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(tiny_model_dir, tmp_path / "adapter", use_dora=True).eval()
+    assert not streamable(tmp_path / "adapter")  # the magnitude vector needs the module to merge
+    peft_merge(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged", "100KB", trust=False)
+    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+    ids = torch.randint(0, 400, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapter(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
 
 
 def test_streamed_files_are_real_safetensors(tmp_path):
@@ -111,3 +119,19 @@ def test_template_check_names_the_first_difference(tiny_model_dir):
     trained_with = tok("### Instruction:\nWhat is 2 plus 2?\n\n### Response:\n4<|im_end|>")["input_ids"]
     with pytest.raises(TrainerError, match="first difference at token 0"):
         check_template(tok, Probe(messages, trained_with))
+
+
+def test_merge_keeps_the_base_dtype(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "bf16-base"
+    base.mkdir()
+    weights = {k: v.bfloat16() for k, v in load_file(str(tiny_model_dir / "model.safetensors")).items()}
+    save_file(weights, str(base / "model.safetensors"), metadata={"format": "pt"})
+    _adapter(tiny_model_dir, tmp_path / "adapter")
+    stream_merge(base, tmp_path / "adapter", tmp_path / "merged", shard_bytes=10**9)
+    merged = dict(iter_tensors(tmp_path / "merged"))
+    assert {t.dtype for t in merged.values()} == {torch.bfloat16}
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[name], weights[name])  # the delta was added...
+    assert torch.equal(merged["model.norm.weight"], weights["model.norm.weight"])  # ...only where LoRA was
