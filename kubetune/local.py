@@ -37,6 +37,7 @@ class LocalPlan:
     nodes: int
     procs_per_node: int
     master_port: int
+    gpus_per_node: int = 0
 
     def env(self, node_rank: int, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of one "pod": what the renderer gives the container, plus what Kubeflow injects."""
@@ -57,6 +58,11 @@ class LocalPlan:
                 "MASTER_PORT": str(self.master_port),
             }
         )
+        if self.gpus_per_node > 0:
+            # Each local "node" owns its own GPUs, as each pod would; otherwise every node's
+            # LOCAL_RANK 0 would land on cuda:0.
+            first = node_rank * self.gpus_per_node
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_node))
         # No API server to report to, and the hub cache stays the user's own, not the pod's path.
         env.pop("KUBETUNE_STATUS_REPORTING", None)
         user = os.environ if base is None else base
@@ -68,13 +74,10 @@ class LocalPlan:
 
     def command(self, env: dict[str, str]) -> list[str]:
         """The pod's command line with Kubernetes' $(VAR) references expanded from `env`."""
-        args = [_PLACEHOLDER.sub(lambda m: env[m.group(1)], a) for a in render.torchrun_args(str(self.config_path))]
-        return [_torchrun(), *args]
-
-
-def _torchrun() -> str:
-    beside = Path(sys.executable).with_name("torchrun")
-    return str(beside) if beside.exists() else (shutil.which("torchrun") or "torchrun")
+        command = render.trainer_command(render.RenderSettings(), str(self.config_path))
+        expanded = [_PLACEHOLDER.sub(lambda m: env[m.group(1)], a) for a in command]
+        # The image's `python` is this interpreter here.
+        return [sys.executable, *expanded[1:]] if expanded[0] == "python" else expanded
 
 
 def _free_port() -> int:
@@ -89,6 +92,9 @@ def _absolute(value: str, base: Path, *, allow_hub: bool) -> str:
     if "://" in value:
         return value
     if value.startswith(("./", "../")) or (not allow_hub and not value.startswith(("/", "~"))):
+        return str((base / value).resolve())
+    if allow_hub and not value.startswith(("/", "~")) and (base / value).exists():
+        # `data/train.jsonl` is also a valid hub id; a file of that name beside the job wins.
         return str((base / value).resolve())
     if value.startswith("~"):
         return str(Path(value).expanduser())
@@ -133,7 +139,8 @@ def plan(
     config_path = (work_dir / "config.yaml").resolve()
     config_path.write_text(render.config_yaml(job))
     (work_dir / "termination-log").unlink(missing_ok=True)
-    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port())
+    gpus = res.gpus_per_node if (cuda_devices if cuda_devices is not None else _cuda_count()) > 0 else 0
+    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port(), gpus)
 
 
 def _cuda_count() -> int:
@@ -146,14 +153,27 @@ def _cuda_count() -> int:
 
 
 def launch(p: LocalPlan) -> int:
-    """Start every node's torchrun, wait, stop the rest as soon as one fails. Returns an exit code."""
+    """Start every node's command, wait, stop the rest as soon as one fails. Returns an exit code.
+
+    SIGTERM/SIGHUP/SIGINT to `kubetune run` reach the trainers as SIGTERM (they checkpoint, as on
+    preemption), so no training process outlives the command that started it.
+    """
     procs: list[subprocess.Popen[bytes]] = []
-    for node_rank in range(p.nodes):
-        env = p.env(node_rank)
-        procs.append(subprocess.Popen(p.command(env), env=env, start_new_session=True))
-    code = 0
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
+        for node_rank in range(p.nodes):
+            env = p.env(node_rank)
+            procs.append(subprocess.Popen(p.command(env), env=env, start_new_session=True))
+        code = 0
         while procs:
+            if stopping:
+                _stop(procs, signal.SIGTERM)
+                return 128 + stopping[0]
             for proc in list(procs):
                 rc = proc.poll()
                 if rc is None:
@@ -163,10 +183,11 @@ def launch(p: LocalPlan) -> int:
                     code = rc
                     _stop(procs)
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        _stop(procs, signal.SIGTERM)  # the trainer checkpoints on SIGTERM, as on preemption
-        return 130
-    return code
+        return code
+    finally:
+        _stop(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:

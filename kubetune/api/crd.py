@@ -31,6 +31,10 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     if "anyOf" in node:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
+            # Kubernetes quantities: 32 or "500m". `pattern` applies to the string form only.
+            merged = {"x-kubernetes-int-or-string": True, **rest}
+            return _convert(merged, defs)
         if len(options) == 1:
             merged = dict(options[0])
             merged.update(rest)

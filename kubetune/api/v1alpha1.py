@@ -29,7 +29,24 @@ SHORT_NAMES = ["ftj"]
 # Marks a field whose content is a free-form Kubernetes object (affinity, tolerations) in the CRD.
 PRESERVE_UNKNOWN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields": True}
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
+_QUANTITY_RE = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+_QUANTITY = re.compile(_QUANTITY_RE)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The same rules as check_storage_uri, for admission (CRD `pattern`).
+_S3_URI_RE = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
+_PATH_URI_RE = r"file://.+|[/.~].*"
+_HUB_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
+SOURCE_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE}|{_HUB_ID_RE})$"
+OUTPUT_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE})$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Variables the trainer and torchrun own; a user value would silently break the run.
+RESERVED_ENV_PREFIXES = ("KUBETUNE_", "PET_", "TORCHELASTIC_")
+RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
+_CREDENTIAL_HINTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "ACCESS_KEY", "API_KEY", "CREDENTIAL")
+
+
+def _pattern(regex: str) -> dict[str, Any]:
+    return {"pattern": regex}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
@@ -187,6 +204,7 @@ class ModelSpec(_Model):
         description="Where the base model comes from: a Hugging Face hub id (Qwen/Qwen2.5-7B-Instruct), "
         "an s3://bucket/prefix/ holding a saved model, or a local/PVC path (/models/x or file:///models/x).",
         min_length=1,
+        json_schema_extra=_pattern(SOURCE_PATTERN),
     )
     revision: str | None = Field(
         default=None, description="Hub revision (branch, tag or commit). Only for hub ids."
@@ -243,6 +261,7 @@ class DatasetSpec(_Model):
         "in name order), a local path or file:// URI, or a hub dataset id where a hub is reachable. "
         "Files may be .json (array), .jsonl, .parquet or .csv.",
         min_length=1,
+        json_schema_extra=_pattern(SOURCE_PATTERN),
     )
     format: DataFormat = Field(
         default=DataFormat.auto,
@@ -452,10 +471,20 @@ class ResourcesSpec(_Model):
         default=1, ge=0, le=64, description="GPUs per pod = training processes per pod (0 = CPU only, 1 process)."
     )
     gpu_resource: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPU.")
-    cpu: str | None = Field(default=None, description="CPU request and limit per pod (e.g. 32).")
-    memory: str | None = Field(default=None, description="Memory request and limit per pod (e.g. 256Gi).")
-    shared_memory: str = Field(
-        default="16Gi", description="Size of the memory-backed /dev/shm (NCCL and data loaders need it)."
+    cpu: str | int | None = Field(
+        default=None,
+        description="CPU request and limit per pod (e.g. 32 or 500m).",
+        json_schema_extra=_pattern(_QUANTITY_RE),
+    )
+    memory: str | int | None = Field(
+        default=None,
+        description="Memory request and limit per pod (e.g. 256Gi).",
+        json_schema_extra=_pattern(_QUANTITY_RE),
+    )
+    shared_memory: str | int = Field(
+        default="16Gi",
+        description="Size of the memory-backed /dev/shm (NCCL and data loaders need it).",
+        json_schema_extra=_pattern(_QUANTITY_RE),
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
     tolerations: list[Toleration] | None = Field(
@@ -476,8 +505,9 @@ class ResourcesSpec(_Model):
 
     @field_validator("cpu", "memory", "shared_memory")
     @classmethod
-    def _quantity(cls, v: str | None) -> str | None:
-        return _check_quantity(v, "a resource")
+    def _quantity(cls, v: str | int | None) -> str | None:
+        # Kubernetes quantities are int-or-string; keep one type (str) from here on.
+        return _check_quantity(None if v is None else str(v), "a resource")
 
     @property
     def procs_per_node(self) -> int:
@@ -511,15 +541,21 @@ class OutputSpec(_Model):
 
     uri: str = Field(
         description="Output location: s3://bucket/prefix/ or a path (PVC mount). Holds checkpoints/, "
-        "model/ (merged), adapter/, data_report.json, progress and manifest.json (written last).",
+        "model/ (merged), adapter/, data_report.json, progress and manifest.json (written last). "
+        "On a cluster a path must lie under one of spec.volumes.",
         min_length=1,
+        json_schema_extra=_pattern(OUTPUT_PATTERN),
     )
     merge: bool = Field(
         default=True,
         description="For lora/qlora, also upload a merged model (base + adapter) that vLLM can serve; "
         "the adapter is uploaded either way.",
     )
-    shard_size: str = Field(default="5GB", description="Maximum safetensors shard size of the saved model.")
+    shard_size: str = Field(
+        default="5GB",
+        description="Maximum safetensors shard size of the saved model.",
+        json_schema_extra=_pattern(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"),
+    )
 
     @field_validator("uri")
     @classmethod
@@ -537,7 +573,11 @@ class OutputSpec(_Model):
 class SecretKeyRefs(_Model):
     """A Secret holding object-storage credentials."""
 
-    name: str = Field(description="Secret name in the FineTuneJob's namespace.", min_length=1)
+    name: str = Field(
+        description="Secret name in the FineTuneJob's namespace.",
+        min_length=1,
+        json_schema_extra=_pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+    )
     access_key_id_key: str = Field(default="AWS_ACCESS_KEY_ID", description="Key of the access key id.")
     secret_access_key_key: str = Field(
         default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key."
@@ -560,6 +600,7 @@ class StorageSpec(_Model):
     endpoint: str | None = Field(
         default=None,
         description="S3 endpoint URL for MinIO/Ceph/SeaweedFS (https://minio.example:9000). Unset: AWS.",
+        json_schema_extra=_pattern(r"^https?://[^/\s]+"),
     )
     region: str | None = Field(default=None, description="S3 region (e.g. us-east-1).")
     credentials_secret: SecretKeyRefs | None = Field(
@@ -592,11 +633,100 @@ class RunPolicySpec(_Model):
     )
 
 
+class VolumeSpec(_Model):
+    """A PersistentVolumeClaim mounted into every training pod (models, data or output on a PVC)."""
+
+    name: str = Field(
+        description="Volume name (a DNS label, unique in the job).",
+        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
+    )
+    claim_name: str = Field(description="PersistentVolumeClaim name in the job's namespace.", min_length=1)
+    mount_path: str = Field(description="Absolute mount path, e.g. /models.", json_schema_extra=_pattern("^/.*"))
+    read_only: bool = Field(default=False, description="Mount read-only (fine for models and data).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > 63 or not _DNS_LABEL.match(v) or v in ("dshm", "config", "cache"):
+            raise ValueError(f"'{v}' is not a usable volume name (a DNS label other than dshm, config, cache)")
+        return v
+
+    @field_validator("mount_path")
+    @classmethod
+    def _mount(cls, v: str) -> str:
+        taken = ("/dev/shm", "/etc/kubetune", "/var/cache/kubetune")
+        if not v.startswith("/") or v.rstrip("/") in ("", *taken):
+            raise ValueError(f"'{v}' must be an absolute path other than /, {', '.join(taken)}")
+        return v
+
+
+class SecretKeySelector(_Model):
+    """One key of a Secret in the job's namespace."""
+
+    name: str = Field(description="Secret name.", min_length=1)
+    key: str = Field(description="Key in the Secret.", min_length=1)
+
+
+class EnvVarSpec(_Model):
+    """An environment variable for the training containers; secrets only through secretKeyRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("has(self.value) != has(self.secretKeyRef)", "set exactly one of value and secretKeyRef"),
+        )
+    )
+
+    name: str = Field(description="Variable name (e.g. HF_TOKEN).", json_schema_extra=_pattern(_ENV_NAME.pattern))
+    value: str | None = Field(default=None, description="A plain value (never a credential: it is stored as is).")
+    secret_key_ref: SecretKeySelector | None = Field(
+        default=None, description="Take the value from a Secret key (HF_TOKEN, WANDB_API_KEY...)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ENV_NAME.match(v):
+            raise ValueError(f"'{v}' is not a valid environment variable name")
+        if v in RESERVED_ENV or v.startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(f"{v} is set by kubetune/torchrun and cannot be overridden")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSpec:
+        if (self.value is None) == (self.secret_key_ref is None):
+            raise ValueError("set exactly one of value and secretKeyRef")
+        if self.value is not None and any(h in self.name.upper() for h in _CREDENTIAL_HINTS):
+            raise ValueError(
+                f"{self.name} looks like a credential: use secretKeyRef so it is not stored in plain text"
+            )
+        return self
+
+
 class FineTuneJobSpec(_Model):
     """What to fine-tune, on what data, how, where, and where the result goes."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "self.datasets.exists(d, !has(d.split) || d.split == 'train')",
+                "datasets needs at least one dataset with split: train",
+            ),
+            (
+                "!(has(self.method) && has(self.method.type) && self.method.type == 'qlora' && has(self.training)"
+                " && has(self.training.deepspeed) && has(self.training.deepspeed.stage)"
+                " && self.training.deepspeed.stage == 'zero3')",
+                "method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none",
+            ),
+            (
+                "!(has(self.training) && has(self.training.precision) && self.training.precision == 'fp16'"
+                " && has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode == 0)",
+                "training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0",
+            ),
+        )
+    )
+
     model: ModelSpec = Field(description="The base model.")
-    datasets: list[DatasetSpec] = Field(min_length=1, description="One or more datasets, mixed.")
+    datasets: list[DatasetSpec] = Field(min_length=1, max_length=64, description="One or more datasets, mixed.")
     data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
     template: TemplateName = Field(
         default="auto",
@@ -609,6 +739,16 @@ class FineTuneJobSpec(_Model):
     network: NetworkSpec = Field(default_factory=NetworkSpec, description="NCCL and host networking.")
     output: OutputSpec = Field(description="Where the model, adapter, checkpoints and manifest go.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Object-storage endpoint and credentials.")
+    volumes: list[VolumeSpec] | None = Field(
+        default=None,
+        max_length=32,
+        description="PersistentVolumeClaims mounted into every training pod, for model, data or output paths.",
+    )
+    env: list[EnvVarSpec] | None = Field(
+        default=None,
+        max_length=128,
+        description="Extra environment for the training containers (HF_TOKEN from a Secret, WANDB_*...).",
+    )
     image: str | None = Field(
         default=None, description="Trainer image override (default: the one the operator is configured with)."
     )
@@ -616,11 +756,14 @@ class FineTuneJobSpec(_Model):
         default=False, description="Suspend the job (pods are deleted; resuming continues from a checkpoint)."
     )
     queue_name: str | None = Field(
-        default=None, description="Kueue LocalQueue name (sets the kueue.x-k8s.io/queue-name label)."
+        default=None,
+        description="Kueue LocalQueue name (sets the kueue.x-k8s.io/queue-name label).",
+        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
     )
     priority: str | None = Field(
         default=None,
         description="Kueue WorkloadPriorityClass name (sets the kueue.x-k8s.io/priority-class label).",
+        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
     )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
 
@@ -642,6 +785,14 @@ class FineTuneJobSpec(_Model):
             raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
         if not any(d.split == DatasetSplit.train.value for d in self.datasets):
             raise ValueError("datasets needs at least one dataset with split: train")
+        names = [v.name for v in self.volumes or []]
+        if len(set(names)) != len(names):
+            raise ValueError("volumes: names must be unique")
+        for key in self.network.nccl.env or {}:
+            if any(h in key.upper() for h in _CREDENTIAL_HINTS):
+                raise ValueError(
+                    f"network.nccl.env.{key} looks like a credential: use spec.env with secretKeyRef instead"
+                )
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -170,15 +171,29 @@ def parse_job(doc: Any, source: str = "") -> api.FineTuneJob:
     if head:
         raise SpecError(head)
     try:
-        return api.FineTuneJob.model_validate(doc)
+        # Strict JSON-mode validation accepts exactly what the API server's CRD schema accepts:
+        # "2" is not a number and "yes" is not a boolean (lax mode would coerce both silently).
+        return api.FineTuneJob.model_validate_json(json.dumps(doc, default=str), strict=True)
     except ValidationError as exc:
         raise SpecError(problems_from_validation_error(exc, source)) from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-4` is a string; kubectl (YAML 1.2) sends it as a number.
+    Resolve 1.2-style floats so `kubetune validate` agrees with the API server."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
 
 
 def load_documents(text: str, source: str = "") -> list[tuple[str, Any]]:
     """Split YAML text into (label, document) pairs; empty documents are skipped."""
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_Loader))  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

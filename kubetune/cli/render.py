@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if args.only == "config":
             sys.stdout.write(render.config_yaml(job))
             continue
+        for line in render.cluster_problems(job):
+            print(f"{source}: warning: {line} (the operator refuses this job)", file=sys.stderr)
         children = render.build_children(job, settings)
         wanted = {
             None: lambda o: True,

@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="YAML file(s); - reads standard input")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only, no summary")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also refuse what only works with `kubetune run --local` (paths no spec.volumes entry mounts), "
+        "as the operator does",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,6 +44,7 @@ def read_text(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.api.validation import SpecError, load_jobs
+    from kubetune.render import cluster_problems
 
     failed = 0
     for path in args.files:
@@ -49,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
             continue
+        if args.cluster:
+            lines = [f"{source}: {line}" for job in jobs for line in cluster_problems(job)]
+            if lines:
+                failed += 1
+                print("\n".join(lines), file=sys.stderr)
+                continue
         if not args.quiet:
             names = ", ".join(f"{j.namespace}/{j.name}" for j in jobs)
             print(f"{source}: ok ({names})")

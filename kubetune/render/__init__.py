@@ -34,6 +34,9 @@ DEFAULT_MASTER_PORT = 23456
 # (<= 63 characters, starting with a letter), so the PyTorchJob name leaves room for the suffix.
 MAX_JOB_NAME = 63 - len("-worker-") - 4
 LABEL_JOB = "kubetune.io/finetunejob"
+# Kubeflow: restart on 130/137/138/143 (signals: preemption, OOM-kill, node loss), fail for good on
+# 1-127 (the launcher's codes for a bad config, data or model). See kubetune/trainer/launch.py.
+RESTART_POLICY = "ExitCode"
 ANNOTATION_CONFIG_HASH = "kubetune.io/config-hash"
 
 
@@ -134,12 +137,15 @@ def build_configmap(job: api.FineTuneJob, settings: RenderSettings) -> dict[str,
 
 
 def build_rbac(job: api.FineTuneJob, settings: RenderSettings) -> list[dict[str, Any]]:
-    """A ServiceAccount that may read this FineTuneJob and patch its status, nothing else."""
-    if job.spec.resources.service_account_name:
-        return []
+    """A Role that may read this FineTuneJob and patch its status, nothing else, bound to the pods'
+    ServiceAccount: a per-job one, or the user's own (spec.resources.serviceAccountName, e.g. for
+    IRSA), which then gets this narrow permission added rather than losing progress reporting."""
     names = child_names(job)
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, names.service_account)},
+    user_sa = job.spec.resources.service_account_name
+    objects: list[dict[str, Any]] = []
+    if not user_sa:
+        objects.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, names.service_account)})
+    objects += [
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -164,9 +170,12 @@ def build_rbac(job: api.FineTuneJob, settings: RenderSettings) -> list[dict[str,
             "kind": "RoleBinding",
             "metadata": _meta(job, names.role_binding),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
-            "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": job.namespace}],
+            "subjects": [
+                {"kind": "ServiceAccount", "name": user_sa or names.service_account, "namespace": job.namespace}
+            ],
         },
     ]
+    return objects
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +212,8 @@ def trainer_env(job: api.FineTuneJob) -> list[dict[str, Any]]:
         env.append(_env(key, (nccl.env or {})[key]))
     storage = spec.storage
     if storage.endpoint:
-        env.append(_env("AWS_ENDPOINT_URL", storage.endpoint))
+        # S3 only: a global AWS_ENDPOINT_URL would also redirect STS and break IRSA web identity.
+        env.append(_env("AWS_ENDPOINT_URL_S3", storage.endpoint))
     if storage.region:
         env.append(_env("AWS_REGION", storage.region))
         env.append(_env("AWS_DEFAULT_REGION", storage.region))
@@ -217,20 +227,40 @@ def trainer_env(job: api.FineTuneJob) -> list[dict[str, Any]]:
             refs.append(("AWS_SESSION_TOKEN", secret.session_token_key))
         for var, key in refs:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key}}})
+    for extra in spec.env or []:
+        if extra.secret_key_ref is not None:
+            ref = {"name": extra.secret_key_ref.name, "key": extra.secret_key_ref.key}
+            env.append({"name": extra.name, "valueFrom": {"secretKeyRef": ref}})
+        else:
+            env.append(_env(extra.name, extra.value or ""))
     return env
 
 
-def torchrun_args(config_path: str = CONFIG_PATH) -> list[str]:
+def torchrun_args(config_path: str = CONFIG_PATH, shutdown_timeout: int = 270) -> list[str]:
     # torchrun reads PET_NNODES, PET_NPROC_PER_NODE and PET_NODE_RANK (set by the Kubeflow operator)
-    # itself; the rendezvous address comes from the MASTER_* variables Kubeflow injects.
+    # itself; the rendezvous address comes from the MASTER_* variables Kubeflow injects. On SIGTERM
+    # torchrun gives the workers `shutdown_timeout` seconds (default 30) to checkpoint before SIGKILL.
     return [
         "--master-addr=$(MASTER_ADDR)",
         "--master-port=$(MASTER_PORT)",
+        f"--shutdown-timeout={shutdown_timeout}",
         "-m",
         "kubetune.trainer",
         "--config",
         config_path,
     ]
+
+
+# The launcher runs torchrun and turns the workers' own exit codes into the container's, so that
+# Kubeflow's ExitCode restart policy retries preemption and S3 blips but not a bad dataset.
+LAUNCHER = ["python", "-m", "kubetune.trainer.launch"]
+
+
+def trainer_command(settings: RenderSettings, config_path: str = CONFIG_PATH) -> list[str]:
+    """The training container's full command line (also what `kubetune run --local` runs)."""
+    # Leave 30 s of the pod's grace period for the launcher and torchrun themselves.
+    shutdown = max(settings.termination_grace_seconds - 30, 30)
+    return [*LAUNCHER, *torchrun_args(config_path, shutdown)]
 
 
 def _resources(spec: api.FineTuneJobSpec) -> dict[str, Any]:
@@ -270,8 +300,8 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, An
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["torchrun"],
-        "args": torchrun_args(),
+        "command": trainer_command(settings)[: len(LAUNCHER)],
+        "args": trainer_command(settings)[len(LAUNCHER) :],
         "env": trainer_env(job),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},
@@ -281,6 +311,8 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, An
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    for vol in spec.volumes or []:
+        container["volumeMounts"].append({"name": vol.name, "mountPath": vol.mount_path, "readOnly": vol.read_only})
     resources = _resources(spec)
     if resources:
         container["resources"] = resources
@@ -292,6 +324,10 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, An
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
             {"name": "config", "configMap": {"name": names.configmap}},
             {"name": "cache", "emptyDir": {}},
+            *[
+                {"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
+                for v in spec.volumes or []
+            ],
         ],
     }
     tolerations = _tolerations(spec)
@@ -315,10 +351,10 @@ def build_pytorchjob(job: api.FineTuneJob, settings: RenderSettings) -> dict[str
     names = child_names(job)
     template = pod_template(job, settings)
     replica_specs: dict[str, Any] = {
-        "Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template},
+        "Master": {"replicas": 1, "restartPolicy": RESTART_POLICY, "template": template},
     }
     if res.nodes > 1:
-        replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+        replica_specs["Worker"] = {"replicas": res.nodes - 1, "restartPolicy": RESTART_POLICY, "template": template}
     run_policy: dict[str, Any] = {
         "backoffLimit": spec.run_policy.backoff_limit,
         # Pods still running when the job ends (workers after the master finished) hold GPUs.
@@ -348,6 +384,33 @@ def build_pytorchjob(job: api.FineTuneJob, settings: RenderSettings) -> dict[str
     }
 
 
+def _mounted(path: str, job: api.FineTuneJob) -> bool:
+    local = path[7:] if path.startswith("file://") else path
+    return any(
+        local == v.mount_path.rstrip("/") or local.startswith(v.mount_path.rstrip("/") + "/")
+        for v in job.spec.volumes or []
+    )
+
+
+def cluster_problems(job: api.FineTuneJob) -> list[str]:
+    """What is valid for `kubetune run --local` but cannot work in a pod, as `path: message` lines.
+
+    A local path must lie on a mounted volume: anything else is the container's own filesystem,
+    which vanishes with the pod (an output) or was never there (a model or dataset).
+    """
+    problems: list[str] = []
+    places = [("spec.model.source", job.spec.model.source), ("spec.output.uri", job.spec.output.uri)]
+    places += [(f"spec.datasets[{i}].source", d.source) for i, d in enumerate(job.spec.datasets)]
+    for where, value in places:
+        is_path = value.startswith(("/", "./", "../", "~", "file://"))
+        if is_path and not _mounted(value, job):
+            problems.append(
+                f"{where}: '{value}' is a path, but no spec.volumes entry mounts it in the training pods; "
+                "use an s3:// URI (or a hub id), or mount a PersistentVolumeClaim there"
+            )
+    return problems
+
+
 def build_children(job: api.FineTuneJob, settings: RenderSettings | None = None) -> list[dict[str, Any]]:
     """Everything the operator creates for a FineTuneJob, in creation order (PyTorchJob last)."""
     settings = settings or RenderSettings()
@@ -369,6 +432,7 @@ __all__ = [
     "build_pytorchjob",
     "build_rbac",
     "child_names",
+    "cluster_problems",
     "config_yaml",
     "labels",
     "pod_template",
@@ -376,5 +440,6 @@ __all__ = [
     "short_name",
     "to_yaml",
     "torchrun_args",
+    "trainer_command",
     "trainer_env",
 ]

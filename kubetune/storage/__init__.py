@@ -318,7 +318,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 def upload_file(path: str | Path, uri: str, opts: StorageOptions | None = None, client: Any = None) -> UploadedFile:
-    """Upload one file (multipart and parallel above 64 MiB) and verify the stored size."""
+    """Upload one file (multipart and parallel above 64 MiB) and verify the stored size.
+
+    Integrity in transit is checked by botocore's default flexible checksums (CRC32 per request,
+    verified by the server); the file's sha256 is stored as object metadata for later checks.
+    """
     opts = opts or StorageOptions()
     path = Path(path)
     try:
@@ -378,6 +382,13 @@ def delete_prefix(uri: str, opts: StorageOptions | None = None) -> None:
             keys.append(key)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:  # a 200 response can still carry per-key failures
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete {len(errors)} object(s) under {uri}: s3://{bucket}/{first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip()
+                )
     except Exception as exc:
         raise _explain(exc, "delete", uri, opts) from exc

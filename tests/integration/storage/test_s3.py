@@ -60,7 +60,7 @@ def test_multipart_upload_of_a_large_file(s3_env: Any, tmp_path: Path) -> None:
 def test_wrong_credentials_and_unreachable_endpoint_are_one_clear_line(s3_env: Any) -> None:
     bucket = s3_env.make_bucket("storage-errors")
     os.environ["AWS_SECRET_ACCESS_KEY"] = "wrong"
-    with pytest.raises(storage.StorageError, match="access denied .* check the credentials Secret"):
+    with pytest.raises(storage.StorageError, match=r"access denied .* check the credentials Secret"):
         storage.list_files(f"{bucket}/x/")
     unreachable = storage.StorageOptions(endpoint_url="http://127.0.0.1:9")
     with pytest.raises(storage.StorageError, match="unreachable"):

@@ -35,7 +35,8 @@ def _walk(node: Any, path: str = "") -> list[str]:
         if node.get("additionalProperties") is False:
             bad.append(f"{path}: additionalProperties false")
         is_schema = not path.endswith(".properties")
-        if is_schema and "type" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        untyped_ok = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+        if is_schema and "type" not in node and not untyped_ok:
             bad.append(f"{path}: no type")
         # metadata is the API server's own; CRDs declare it as a bare object.
         if path != ".properties.metadata" and node.get("type") == "object" and not (
@@ -113,6 +114,68 @@ def test_examples_pass_the_crd_schema(path: Path) -> None:
     ],
 )
 def test_crd_schema_rejects_nonsense_at_admission(patch: dict[str, Any], fragment: str) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    doc["spec"].update(patch)
+    messages = " | ".join(e.message for e in _crd_validator().iter_errors(doc))
+    assert fragment in messages
+
+
+def _rules(path: list[str]) -> list[dict[str, str]]:
+    node = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for part in path:
+        node = node["items"] if part == "[]" else node["properties"][part]
+    rules: list[dict[str, str]] = node["x-kubernetes-validations"]
+    return rules
+
+
+def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
+    """The messages of the CEL rules that reject `value` (evaluated with cel-python)."""
+    import celpy
+
+    env = celpy.Environment()
+    failed = []
+    for rule in rules:
+        program = env.program(env.compile(rule["rule"]))
+        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+            failed.append(rule["message"])
+    return failed
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ([], {"datasets": [{"source": "x", "split": "validation"}]}, "at least one dataset with split: train"),
+        ([], {"datasets": [{"source": "x"}], "method": {"type": "qlora"},
+              "training": {"deepspeed": {"stage": "zero3"}}}, "cannot shard a quantized base"),
+        ([], {"datasets": [{"source": "x"}], "training": {"precision": "fp16"}, "resources": {"gpusPerNode": 0}},
+         "fp16 needs GPUs"),
+        (["method"], {"type": "lora", "quantization": {"bits": 4}}, "quantization applies only to type: qlora"),
+        (["method"], {"type": "full", "lora": {"rank": 8}}, "lora settings do not apply to type: full"),
+        (["training"], {"epochs": 1, "maxSteps": 5}, "set epochs or maxSteps, not both"),
+        (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
+    ],
+)
+def test_cel_rules_reject_what_the_python_schema_rejects(path: list[str], value: dict[str, Any], message: str) -> None:
+    assert any(message in m for m in _cel_ok(_rules(path), value))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_cel_rules_accept_every_example(path: Path) -> None:
+    spec = yaml.safe_load(path.read_text())["spec"]
+    assert _cel_ok(_rules([]), spec) == []
+    assert _cel_ok(_rules(["method"]), spec.get("method", {})) == []
+    assert _cel_ok(_rules(["training"]), spec.get("training", {})) == []
+
+
+@pytest.mark.parametrize(
+    ("patch", "fragment"),
+    [
+        ({"output": {"uri": "gs://bucket/x"}}, "does not match"),
+        ({"resources": {"sharedMemory": "lots"}}, "does not match"),
+        ({"queueName": "Team_A"}, "does not match"),
+    ],
+)
+def test_crd_patterns_reject_bad_strings(patch: dict[str, Any], fragment: str) -> None:
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     doc["spec"].update(patch)
     messages = " | ".join(e.message for e in _crd_validator().iter_errors(doc))

@@ -55,6 +55,17 @@ BAD = [
      "is not a Kubernetes quantity"),
     ("bad-template", _with({"template": "llama-3"}), "spec.template", "did you mean 'llama3'?"),
     ("bad-name", {**BASE, "metadata": {"name": "My_Job"}}, "metadata.name", "is not a valid name"),
+    # Strict like the API server: no silent coercion of strings to numbers or booleans.
+    ("string-number", _with({"resources": {"nodes": "2"}}), "spec.resources.nodes", "must be a whole number"),
+    ("string-bool", _with({"training": {"packing": "yes"}}), "spec.training.packing", "must be true or false"),
+    ("plain-secret", _with({"env": [{"name": "HF_TOKEN", "value": "hf_x"}]}), "spec.env[0]",
+     "looks like a credential: use secretKeyRef"),
+    ("reserved-env", _with({"env": [{"name": "MASTER_PORT", "value": "1"}]}), "spec.env[0].name",
+     "is set by kubetune/torchrun"),
+    ("nccl-secret", _with({"network": {"nccl": {"env": {"WANDB_API_KEY": "x"}}}}), "spec",
+     "network.nccl.env.WANDB_API_KEY looks like a credential"),
+    ("volume-path", _with({"volumes": [{"name": "m", "claimName": "c", "mountPath": "/dev/shm"}]}),
+     "spec.volumes[0].mountPath", "must be an absolute path other than"),
 ]
 
 
@@ -105,3 +116,24 @@ def test_render_prints_the_objects_and_refuses_bad_input(tmp_path: Path, capsys:
     assert kinds == ["ConfigMap", "ServiceAccount", "Role", "RoleBinding", "PyTorchJob"]
     assert main(["render", _write(tmp_path, _with({"resources": {"nodes": 0}}))]) == 1
     assert "spec.resources.nodes" in capsys.readouterr().err
+
+
+def test_yaml_12_floats_and_integer_quantities_are_accepted(tmp_path: Path) -> None:
+    text = yaml.safe_dump(_with({"resources": {"cpu": 32, "memory": "64Gi", "gpusPerNode": 0}}))
+    text = text.replace("learningRate: 0.003", "learningRate: 3e-3")
+    assert "3e-3" in text
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    assert main(["validate", "-q", str(path)]) == 0
+    from kubetune.api.validation import load_job_file
+
+    job = load_job_file(str(path))
+    assert job.spec.training.learning_rate == 0.003 and job.spec.resources.cpu == "32"
+
+
+def test_cluster_flag_refuses_paths_that_would_vanish_with_the_pod(capsys: pytest.CaptureFixture[str]) -> None:
+    quickstart = str(ROOT / "examples" / "quickstart.yaml")
+    assert main(["validate", "--cluster", quickstart]) == 1
+    assert "spec.output.uri: '../runs/quickstart' is a path" in capsys.readouterr().err
+    cluster_examples = [str(p) for p in sorted((ROOT / "examples").glob("*.yaml")) if p.name != "quickstart.yaml"]
+    assert main(["validate", "--cluster", *cluster_examples]) == 0

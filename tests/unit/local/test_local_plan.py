@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,10 +55,11 @@ def test_command_is_the_pod_command_with_variables_expanded(tmp_path: Path) -> N
     p = local.plan(QUICKSTART, work_root=tmp_path, cuda_devices=0)
     env = p.env(0, base={})
     cmd = p.command(env)
-    assert Path(cmd[0]).name == "torchrun"
-    assert cmd[1:] == [
+    assert cmd[:3] == [sys.executable, "-m", "kubetune.trainer.launch"]
+    assert cmd[3:] == [
         "--master-addr=127.0.0.1",
         f"--master-port={p.master_port}",
+        "--shutdown-timeout=270",
         "-m",
         "kubetune.trainer",
         "--config",
@@ -74,3 +76,27 @@ def test_gpu_job_without_gpus_asks_for_an_explicit_process_count(tmp_path: Path)
         local.plan(path, work_root=tmp_path, cuda_devices=0)
     p = local.plan(path, work_root=tmp_path, procs_per_node=1, cuda_devices=0)
     assert (p.nodes, p.procs_per_node) == (2, 1)
+
+
+def test_each_local_node_gets_its_own_gpus(tmp_path: Path) -> None:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["resources"] = {"nodes": 2, "gpusPerNode": 2}
+    doc["spec"]["training"]["precision"] = "bf16"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    p = local.plan(path, work_root=tmp_path, cuda_devices=4)
+    assert p.env(0, base={})["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert p.env(1, base={})["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert "CUDA_VISIBLE_DEVICES" not in local.plan(QUICKSTART, work_root=tmp_path, cuda_devices=0).env(0, base={})
+
+
+def test_a_relative_path_without_dot_prefers_a_file_beside_the_job(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["datasets"] = [{"source": "data/train.jsonl"}, {"source": "org/hub-dataset"}]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    p = local.plan(path, work_root=tmp_path, cuda_devices=0)
+    assert p.job.spec.datasets[0].source == str(tmp_path / "data" / "train.jsonl")
+    assert p.job.spec.datasets[1].source == "org/hub-dataset"

@@ -85,8 +85,12 @@ def test_multi_node_job_has_master_and_workers_with_gpus_shm_and_nccl() -> None:
     assert ptj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-team-a"
     assert ptj["spec"]["runPolicy"]["backoffLimit"] == 5
     assert ptj["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 86400
-    assert container["command"] == ["torchrun"]
+    assert container["command"] == ["python", "-m", "kubetune.trainer.launch"]
     assert "kubetune.trainer" in container["args"]
+    # torchrun's default 30 s before SIGKILL would cut a preemption checkpoint short.
+    assert "--shutdown-timeout=270" in container["args"]
+    assert pod["terminationGracePeriodSeconds"] == 300
+    assert specs["Master"]["restartPolicy"] == specs["Worker"]["restartPolicy"] == "ExitCode"
 
 
 def test_single_node_job_has_no_worker_section_and_cpu_job_no_gpu_toleration() -> None:
@@ -108,6 +112,9 @@ def test_credentials_only_through_secret_key_refs() -> None:
     )
     children = render.build_children(job, SETTINGS)
     env = children[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    plain = {e["name"]: e.get("value") for e in env}
+    # Only S3 is redirected: a global AWS_ENDPOINT_URL would send STS (IRSA) to MinIO too.
+    assert plain["AWS_ENDPOINT_URL_S3"] == "http://minio:9000" and "AWS_ENDPOINT_URL" not in plain
     secret_vars = {e["name"]: e for e in env if e["name"].startswith("AWS_") and "valueFrom" in e}
     assert set(secret_vars) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
     assert secret_vars["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "s3", "key": "token"}
@@ -140,10 +147,14 @@ def test_rbac_lets_the_trainer_patch_only_its_own_status() -> None:
     assert objs["RoleBinding"]["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]
 
 
-def test_user_service_account_replaces_the_per_job_rbac() -> None:
+def test_user_service_account_gets_the_status_role_bound_instead_of_a_new_account() -> None:
     job = _job(resources={"serviceAccountName": "irsa-trainer", "gpusPerNode": 0})
-    kinds = [o["kind"] for o in render.build_children(job, SETTINGS)]
-    assert kinds == ["ConfigMap", "PyTorchJob"]
+    objs = render.build_children(job, SETTINGS)
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Role", "RoleBinding", "PyTorchJob"]
+    binding = _by_kind(objs)["RoleBinding"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "irsa-trainer", "namespace": "default"}]
+    pod = _by_kind(objs)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "irsa-trainer"
 
 
 def test_names_are_deterministic_and_fit_kubernetes_limits() -> None:
@@ -195,3 +206,43 @@ def test_spec_image_overrides_the_operator_default() -> None:
     job = _job(image="my/trainer:dev")
     pod = render.build_pytorchjob(job, SETTINGS)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "my/trainer:dev"
+
+
+def test_volumes_are_mounted_and_user_env_takes_secrets_by_reference() -> None:
+    job = _job(
+        volumes=[{"name": "models", "claimName": "models-pvc", "mountPath": "/models", "readOnly": True}],
+        env=[
+            {"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}},
+            {"name": "WANDB_PROJECT", "value": "support"},
+        ],
+    )
+    children = render.build_children(job, SETTINGS)
+    pod = children[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert {"name": "models", "persistentVolumeClaim": {"claimName": "models-pvc", "readOnly": True}} in pod["volumes"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in container["volumeMounts"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert env["WANDB_PROJECT"]["value"] == "support"
+    assert "token" not in children[0]["data"]["config.yaml"].replace("key: token", "")
+
+
+def test_cluster_problems_name_paths_no_volume_mounts() -> None:
+    job = _job(
+        model={"source": "/models/base"},
+        datasets=[{"source": "s3://data/a.jsonl"}, {"source": "./local.jsonl"}],
+        output={"uri": "/models/out"},
+        volumes=[{"name": "models", "claimName": "m", "mountPath": "/models"}],
+    )
+    problems = render.cluster_problems(job)
+    assert len(problems) == 1 and problems[0].startswith("spec.datasets[1].source: './local.jsonl' is a path")
+    s3_job = _job(
+        model={"source": "Qwen/Qwen2.5-0.5B"}, datasets=[{"source": "s3://data/x"}], output={"uri": "s3://out/x/"}
+    )
+    assert render.cluster_problems(s3_job) == []
+    assert [p.split(":")[0] for p in render.cluster_problems(_job())] == [
+        "spec.model.source",
+        "spec.output.uri",
+        "spec.datasets[0].source",
+        "spec.datasets[1].source",
+    ]
