@@ -81,7 +81,7 @@ class StorageOptions:
 
     @property
     def where(self) -> str:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
 
 
 @dataclass(frozen=True)
