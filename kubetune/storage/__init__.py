@@ -75,13 +75,16 @@ class StorageOptions:
             read_timeout=120,
             max_pool_connections=_WORKERS * 2,
         )
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = self._endpoint()
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
+    def _endpoint(self) -> str | None:
+        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
     @property
     def where(self) -> str:
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        return self._endpoint() or "AWS S3"
 
 
 @dataclass(frozen=True)
