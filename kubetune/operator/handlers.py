@@ -5,7 +5,9 @@
   create ConfigMap + trainer RBAC + PyTorchJob with owner references (idempotent by name);
 - spec.suspend changes: propagated to the PyTorchJob's runPolicy.suspend;
 - every FineTuneJob and every managed PyTorchJob event: recompute the FineTuneJob status from the
-  stored pair (level-triggered: the result depends on what is stored, not on which event came).
+  stored pair (level-triggered: the result depends on what is stored, not on which event came);
+  a PyTorchJob deleted before the job ended is created again (also on resume, for one deleted
+  while the operator was down).
 
 No finalizer is added: nothing outside the cluster is cleaned up (the model stays in storage) and
 the children go with their owner through garbage collection.
@@ -102,7 +104,8 @@ def follow_finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, m
 
 
 @kopf.on.event(*PYTORCHJOB, labels=MANAGED)
-def follow_pytorchjob(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def follow_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     owner = owner_of(body)
     if owner is not None:
-        memo.reconciler.sync_status(namespace or DEFAULT_NS, owner)
+        deleted = body if event["type"] == "DELETED" else None
+        memo.reconciler.sync_status(namespace or DEFAULT_NS, owner, deleted=deleted)

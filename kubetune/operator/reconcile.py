@@ -1,4 +1,5 @@
-"""What the handlers do: create the children once, keep the status true to what is stored.
+"""What the handlers do: create the children (again, if the PyTorchJob is deleted before the job
+ends), keep the status true to what is stored.
 
 Each public method is one handler's body. They run in Kopf's thread pool (sync handlers), so the
 status writers of one FineTuneJob take a per-job lock: the create handler and the two watchers
@@ -18,7 +19,7 @@ from kubetune.api.validation import SpecError, parse_job
 from kubetune.operator import status as st
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
-from kubetune.render import MAX_JOB_NAME, RenderSettings, build_children, short_name
+from kubetune.render import MAX_JOB_NAME, RenderSettings, build_children, cluster_problems, short_name
 
 CRD_MISSING = (
     "The PyTorchJob API (pytorchjobs.kubeflow.org/v1) is not installed in this cluster. Install the "
@@ -77,35 +78,60 @@ class Reconciler:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
             status = body.get("status") or {}
-            if status.get("pytorchJob"):
+            if status.get("pytorchJob") and not self._lost_pytorchjob(body):
                 return  # made before; later spec edits are the status watcher's (SpecApplied) business
-            try:
-                job = parse_job(_as_manifest(body))
-            except SpecError as exc:
-                self._refuse_invalid(body, [str(p) for p in exc.problems])
-                raise kopf.PermanentError(f"invalid spec: {exc}") from None
-            if not self.kube.pytorchjob_api_installed():
-                self._patch_status(
-                    body,
-                    st.waiting_for_crd_status(
-                        CRD_MISSING, body["metadata"].get("generation"), status.get("conditions"), _now()
-                    ),
-                )
-                raise kopf.TemporaryError(CRD_MISSING, delay=backoff(retry))
-            created = self._create_children(body, build_children(job, self.render_settings))
-            pj_name = pytorchjob_name(name)
-            self._patch_status(body, st.created_status(pj_name, body["metadata"].get("generation"), status, _now()))
-            if created:
-                self._event(body, "Normal", "Created", f"Created PyTorchJob {pj_name}")
+            self._make_children(body, retry, recreate=bool(status.get("pytorchJob")))
+
+    def _make_children(self, body: dict[str, Any], retry: int, *, recreate: bool = False) -> None:
+        """Validate, then create what is missing. Raises Kopf's errors: permanent for a spec the
+        user must fix, temporary (with backoff) while the PyTorchJob API is not served."""
+        status = body.get("status") or {}
+        try:
+            job = parse_job(_as_manifest(body))
+        except SpecError as exc:
+            self._refuse_invalid(body, [str(p) for p in exc.problems])
+            raise kopf.PermanentError(f"invalid spec: {exc}") from None
+        problems = cluster_problems(job)
+        if problems:  # valid YAML that cannot work on a cluster is refused the same way
+            self._refuse_invalid(body, problems)
+            raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}")
+        if not self.kube.pytorchjob_api_installed():
+            waiting = st.waiting_for_crd_status(
+                CRD_MISSING, body["metadata"].get("generation"), status.get("conditions"), _now()
+            )
+            self._patch_status(body, st.changed(status, waiting))
+            raise kopf.TemporaryError(CRD_MISSING, delay=backoff(retry))
+        created = self._create_children(body, build_children(job, self.render_settings))
+        pj_name = pytorchjob_name(body["metadata"]["name"])
+        created_status = st.created_status(pj_name, body["metadata"].get("generation"), status, _now())
+        self._patch_status(body, st.changed(status, created_status))
+        if created and recreate:
+            self._event(body, "Normal", "Recreated", f"Re-created PyTorchJob {pj_name} (it was deleted)")
+        elif created:
+            self._event(body, "Normal", "Created", f"Created PyTorchJob {pj_name}")
+
+    def _lost_pytorchjob(self, body: Mapping[str, Any]) -> bool:
+        """Whether an unfinished job's PyTorchJob is gone (deleted by hand): it is then made again,
+        under the same name, and the trainer resumes from the checkpoints under spec.output.uri.
+        A finished job keeps its result when Kubeflow's ttlSecondsAfterFinished removes the child."""
+        if not awaiting_result(body.get("status") or {}):
+            return False
+        meta = body["metadata"]
+        return self.kube.get_pytorchjob(meta["namespace"], pytorchjob_name(meta["name"])) is None
 
     def _refuse_invalid(self, body: dict[str, Any], problems: list[str]) -> None:
+        """Failed/InvalidSpec. The status follows every edit (observedGeneration: Argo CD and Flux
+        wait on it); the Event only when the problems change, so a restart or an edit that keeps
+        the same problems does not repeat it."""
         status = body.get("status") or {}
+        message = "; ".join(problems)
         before = st.find_condition(status.get("conditions"), st.VALIDATED) or {}
         new = st.invalid_spec_status(problems, body["metadata"].get("generation"), status.get("conditions"), _now())
-        if before.get("reason") == "InvalidSpec" and before.get("message") == "; ".join(problems):
-            return  # already reported (e.g. on resume after a restart): no second Event
-        self._patch_status(body, new)
-        self._event(body, "Warning", "InvalidSpec", "; ".join(problems))
+        if status.get("phase") == st.FAILED and status.get("completionTime"):
+            new["completionTime"] = status["completionTime"]  # it failed then, not at every edit
+        self._patch_status(body, st.changed(status, new))
+        if not (before.get("reason") == "InvalidSpec" and before.get("message") == message):
+            self._event(body, "Warning", "InvalidSpec", message)
         self.metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], st.FAILED)
 
     def _create_children(self, owner: dict[str, Any], children: list[dict[str, Any]]) -> bool:
@@ -121,7 +147,9 @@ class Reconciler:
             if child["kind"] == "PyTorchJob":
                 annotations = child["metadata"].setdefault("annotations", {})
                 annotations[st.APPLIED_SPEC_ANNOTATION] = st.spec_fingerprint(owner.get("spec") or {})
-            kopf.adopt(child, owner=cast(kopf.Body, owner))
+            # Only the owner reference: kopf.adopt would also copy every label of the FineTuneJob
+            # (Argo CD tracking, Kueue queue labels) onto each child, where they mean something else.
+            kopf.append_owner_reference(child, owner=cast(kopf.Body, owner))
             created = self.kube.create(child)
             if created is not None:
                 made_pytorchjob = made_pytorchjob or child["kind"] == "PyTorchJob"
@@ -151,7 +179,9 @@ class Reconciler:
 
     # ---- status --------------------------------------------------------------------------------
 
-    def sync_status(self, namespace: str, name: str) -> None:
+    def sync_status(self, namespace: str, name: str, deleted: Mapping[str, Any] | None = None) -> None:
+        """Recompute the status from the stored pair. `deleted`: the PyTorchJob's final state, when
+        the event behind this call is its deletion."""
         with self.metrics.reconcile("status"), self._lock(namespace, name):
             body = self.kube.get_finetunejob(namespace, name)
             if body is None:
@@ -161,8 +191,18 @@ class Reconciler:
                 return
             status = body.get("status") or {}
             pj_name = pytorchjob_name(name)
+            uid = body["metadata"].get("uid")
             pj = self.kube.get_pytorchjob(namespace, pj_name) if status.get("pytorchJob") else None
-            if pj is not None and not _owned_by(pj, body["metadata"].get("uid")):
+            if pj is None and status.get("pytorchJob") and status.get("phase") not in st.FINISHED:
+                # Only the deletion event tells how it ended: a PyTorchJob that finished and was
+                # removed at once (ttlSecondsAfterFinished: 0) must not look deleted by hand.
+                if deleted is None or not _owned_by(deleted, uid):
+                    return
+                if awaiting_result(status) and not _finished(deleted):
+                    self._make_children(body, 0, recreate=True)  # its creation event reports it
+                    return
+                pj = dict(deleted)
+            if pj is not None and not _owned_by(pj, uid):
                 pj = None
             if pj is None and not status.get("pytorchJob"):
                 self.metrics.set_phase(namespace, name, status.get("phase") or st.PENDING)
@@ -200,6 +240,17 @@ class Reconciler:
         if patch:
             meta = body["metadata"]
             self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+
+
+def awaiting_result(status: Mapping[str, Any]) -> bool:
+    """A job whose PyTorchJob was made and whose end is not recorded. The trainer's `done` counts as
+    an end: the model is uploaded, and a PyTorchJob deleted right after it must not train again."""
+    done = (status.get("progress") or {}).get("stage") == "done"
+    return bool(status.get("pytorchJob")) and status.get("phase") not in st.FINISHED and not done
+
+
+def _finished(pytorchjob: Mapping[str, Any]) -> bool:
+    return st.pytorchjob_phase(dict(pytorchjob), user_suspended=False, stage=None)[0] in st.FINISHED
 
 
 def owner_of(pytorchjob: Mapping[str, Any]) -> str | None:

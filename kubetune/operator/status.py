@@ -115,8 +115,14 @@ def readiness(
     conds = set_condition(conds, condition(READY, phase == SUCCEEDED, reason, ready_message, now, generation))
     return set_condition(
         conds,
-        condition(STALLED, phase == FAILED, reason if phase == FAILED else "NotStalled",
-                  message if phase == FAILED else "", now, generation),
+        condition(
+            STALLED,
+            phase == FAILED,
+            reason if phase == FAILED else "NotStalled",
+            message if phase == FAILED else "",
+            now,
+            generation,
+        ),
     )
 
 
@@ -247,10 +253,17 @@ def pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
                 continue
             reason = ended.get("reason") or "Error"
             text = f"pod {pod['metadata']['name']}: {reason} (exit code {ended.get('exitCode')})"
-            if ended.get("message"):
-                text += f": {str(ended['message']).strip().splitlines()[-1]}"
+            last_line = _last_line(ended.get("message"))
+            if last_line:
+                text += f": {last_line}"
             return reason, text
     return None
+
+
+def _last_line(message: Any) -> str:
+    """The last non-blank line of a termination message ('' for none: a blank log says nothing)."""
+    lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 # --------------------------------------------------------------------------------------------

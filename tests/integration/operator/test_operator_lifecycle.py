@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kubetune.api.validation import SpecError, parse_job
+from kubetune.operator.reconcile import backoff
 from kubetune.render import RenderSettings, build_children
 from kubetune.reporting import StatusReporter
 from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for
@@ -69,6 +70,12 @@ def _strip(obj: dict[str, Any]) -> dict[str, Any]:
 
 def test_create_makes_rendered_children_owned_by_the_job(cluster: Cluster, operator: OperatorProcess) -> None:
     manifest = job_manifest("create-1")
+    # Labels a GitOps tool or the user put on the FineTuneJob: they describe it, not its children
+    # (a queue label copied onto the PyTorchJob would hand it to Kueue behind spec.queueName's back).
+    manifest["metadata"]["labels"] = {
+        "argocd.argoproj.io/instance": "ml-platform",
+        "kueue.x-k8s.io/queue-name": "team-a",
+    }
     created = cluster.create_job(manifest)
     pj = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("create-1"))
 
@@ -103,6 +110,7 @@ def test_create_makes_rendered_children_owned_by_the_job(cluster: Cluster, opera
                 "blockOwnerDeletion": True,
             }
         ], child["kind"]
+        assert stored["metadata"]["labels"] == child["metadata"]["labels"], child["kind"]
         assert _strip(stored) == _strip(child), f"{child['kind']} differs from the render"
     assert pj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.local/kubetune/trainer:test"
@@ -286,8 +294,10 @@ def test_a_killed_pods_reason_reaches_the_failed_condition(cluster: Cluster, ope
 
 
 def test_invalid_spec_fails_without_a_pytorchjob(cluster: Cluster, operator: OperatorProcess) -> None:
+    runs_before = _counter(operator, "kubetune_reconcile_total", "create")
     bad = job_manifest("bad-spec", training={"learningRate": 5, "epochz": 3})
     cluster.create_job(bad)
+    created = time.monotonic()
     wait_for("phase Failed", lambda: cluster.phase("bad-spec") == "Failed")
     validated = cluster.condition("bad-spec", "Validated")
     assert validated is not None and validated["status"] == "False" and validated["reason"] == "InvalidSpec"
@@ -299,9 +309,89 @@ def test_invalid_spec_fails_without_a_pytorchjob(cluster: Cluster, operator: Ope
         "the InvalidSpec event", lambda: [e for e in cluster.events("bad-spec") if e.reason == "InvalidSpec"]
     )
     assert events[0].type == "Warning"
-    time.sleep(1.0)  # would a retry make something? (it must not)
+    # Events are deduplicated, so only the handler count shows a retry; the first would come after
+    # backoff(0) = 2 s.
+    time.sleep(max(0.0, created + backoff(0) + 1.0 - time.monotonic()))
+    assert _counter(operator, "kubetune_reconcile_total", "create") == runs_before + 1, "no retries"
     assert cluster.pytorchjob("bad-spec") is None
-    assert len([e for e in cluster.events("bad-spec") if e.reason == "InvalidSpec"]) == 1, "no retries"
+
+
+def test_an_edit_that_stays_invalid_updates_observed_generation(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("still-bad", training={"epochz": 3}))
+    first = wait_for(
+        "InvalidSpec", lambda: (c := cluster.condition("still-bad", "Validated")) and c["status"] == "False" and c
+    )
+    assert first["observedGeneration"] == 1
+    completed = cluster.job("still-bad")["status"]["completionTime"]
+
+    cluster.patch_job("still-bad", {"spec": {"training": {"epochz": 4}}})  # same problem, new generation
+    wait_for("observedGeneration 2", lambda: cluster.job("still-bad")["status"]["observedGeneration"] == 2)
+    status = cluster.job("still-bad")["status"]
+    for type_ in ("Validated", "Failed", "Ready", "Stalled"):
+        cond = next(c for c in status["conditions"] if c["type"] == type_)
+        assert cond["observedGeneration"] == 2, type_
+    assert (status["phase"], status["completionTime"]) == ("Failed", completed)
+    assert [e.reason for e in cluster.events("still-bad")].count("InvalidSpec") == 1, "the same problems, once"
+
+
+def test_an_output_path_no_volume_mounts_is_refused(cluster: Cluster, operator: OperatorProcess) -> None:
+    # Valid for `kubetune run --local`, but in a pod the model would vanish with the container.
+    cluster.create_job(job_manifest("local-out", output={"uri": "/models/x"}))
+    wait_for("phase Failed", lambda: cluster.phase("local-out") == "Failed")
+    validated = cluster.condition("local-out", "Validated")
+    assert validated is not None and (validated["status"], validated["reason"]) == ("False", "InvalidSpec")
+    assert validated["message"].startswith("spec.output.uri: '/models/x' is a path")
+    events = wait_for("the InvalidSpec event", lambda: [e for e in cluster.events("local-out") if e.type == "Warning"])
+    assert events[0].reason == "InvalidSpec" and "spec.output.uri" in events[0].message
+    assert cluster.pytorchjob("local-out") is None
+
+
+def test_a_deleted_pytorchjob_of_a_running_job_is_made_again(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("lost"))
+    first = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("lost"))
+    cluster.set_pytorchjob_condition("lost", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("lost") == "Training")
+
+    cluster.custom.delete_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", "lost")
+    again = wait_for(
+        "a new PyTorchJob",
+        lambda: (pj := cluster.pytorchjob("lost")) and pj["metadata"]["uid"] != first["metadata"]["uid"] and pj,
+    )
+    assert again["spec"] == first["spec"], "the same job again (it resumes from the checkpoints)"
+    assert again["metadata"]["ownerReferences"] == first["metadata"]["ownerReferences"]
+    wait_for("phase Pending", lambda: cluster.phase("lost") == "Pending")
+    wait_for(
+        "the Recreated event",
+        lambda: "Re-created PyTorchJob lost (it was deleted)" in cluster.event_messages("lost"),
+    )
+    owners = [ref["name"] for pj in cluster.pytorchjobs() for ref in pj["metadata"]["ownerReferences"]]
+    assert owners.count("lost") == 1
+
+
+@pytest.mark.parametrize("seen_finishing", [True, False], ids=["ttl-later", "ttl-zero"])
+def test_a_finished_job_keeps_its_result_when_its_pytorchjob_goes(
+    cluster: Cluster, operator: OperatorProcess, seen_finishing: bool
+) -> None:
+    # Kubeflow's ttlSecondsAfterFinished deletes the whole PyTorchJob; with 0 that can happen
+    # before the operator has seen it finish (then only the deletion event carries the result).
+    name = f"done-{'later' if seen_finishing else 'zero'}"
+    cluster.create_job(job_manifest(name))
+    wait_for("the PyTorchJob", lambda: cluster.pytorchjob(name))
+    cluster.set_pytorchjob_condition(name, "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase(name) == "Training")
+    cluster.set_pytorchjob_condition(name, "Succeeded", "PyTorchJobSucceeded", "done")
+    if seen_finishing:
+        wait_for("phase Succeeded", lambda: cluster.phase(name) == "Succeeded")
+    cluster.custom.delete_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", name)
+
+    wait_for("phase Succeeded", lambda: cluster.phase(name) == "Succeeded")
+    # An event on the FineTuneJob itself (the kind the status watcher gets for any edit), carrying
+    # no PyTorchJob: the stored phase alone must say "finished".
+    cluster.patch_job(name, {"metadata": {"annotations": {"example.com/touched": "yes"}}})
+    time.sleep(1.0)  # a re-creation would come within ~0.2 s of either event
+    assert cluster.pytorchjob(name) is None, "a finished job must not train again"
+    assert cluster.phase(name) == "Succeeded"
+    assert not any(m.startswith("Re-created") for m in cluster.event_messages(name))
 
 
 def test_suspend_and_resume_reach_the_pytorchjob(cluster: Cluster, operator: OperatorProcess) -> None:
@@ -395,6 +485,38 @@ def test_restart_adopts_what_a_killed_operator_made(cluster: Cluster, operator: 
         assert len(created_events) <= 1, created_events
 
 
+def test_after_a_restart_only_the_unfinished_job_gets_its_deleted_pytorchjob_back(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    for name in ("lost-offline", "done-offline"):
+        cluster.create_job(job_manifest(name))
+        wait_for("the PyTorchJob", lambda name=name: cluster.pytorchjob(name))  # type: ignore[misc]
+        cluster.set_pytorchjob_condition(name, "Running", "PyTorchJobRunning", "running")
+    first = cluster.existing_pytorchjob("lost-offline")
+    cluster.set_pytorchjob_condition("done-offline", "Succeeded", "PyTorchJobSucceeded", "done")
+    wait_for("phase Training", lambda: cluster.phase("lost-offline") == "Training")
+    wait_for("phase Succeeded", lambda: cluster.phase("done-offline") == "Succeeded")
+    operator.kill()  # no deletion event reaches it: only the resume pass at start can notice
+    for name in ("lost-offline", "done-offline"):
+        cluster.custom.delete_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", name)
+    operator.start()
+
+    wait_for(
+        "a new PyTorchJob",
+        lambda: (pj := cluster.pytorchjob("lost-offline")) and pj["metadata"]["uid"] != first["metadata"]["uid"],
+    )
+    wait_for(
+        "one Recreated event",
+        lambda: (
+            [m for m in cluster.event_messages("lost-offline") if m.startswith("Re-created")]
+            == ["Re-created PyTorchJob lost-offline (it was deleted)"]
+        ),
+    )
+    time.sleep(0.5)  # both resume handlers run at start; give the finished one's the same time
+    assert cluster.pytorchjob("done-offline") is None, "a finished job must not train again"
+    assert cluster.phase("done-offline") == "Succeeded"
+
+
 def test_metrics_and_health(cluster: Cluster, operator: OperatorProcess) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as rsp:
         assert rsp.status == 200
@@ -414,6 +536,12 @@ def test_metrics_and_health(cluster: Cluster, operator: OperatorProcess) -> None
 def _metrics(op: OperatorProcess) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as rsp:
         return str(rsp.read().decode())
+
+
+def _counter(op: OperatorProcess, metric: str, handler: str) -> int:
+    prefix = f'{metric}{{handler="{handler}"}} '
+    line = next((x for x in _metrics(op).splitlines() if x.startswith(prefix)), prefix + "0")
+    return int(line.split()[-1])
 
 
 def test_delete_takes_the_children_and_sigterm_exits_cleanly(cluster: Cluster, operator: OperatorProcess) -> None:

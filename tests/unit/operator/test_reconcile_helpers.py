@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from kubetune.operator.reconcile import CRD_MISSING, backoff, owner_of, pytorchjob_name
+import pytest
+
+from kubetune.operator.reconcile import CRD_MISSING, awaiting_result, backoff, owner_of, pytorchjob_name
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -44,3 +46,20 @@ def test_pytorchjob_name_matches_the_render() -> None:
 
 def test_crd_missing_message_says_what_to_install() -> None:
     assert "pytorchjobs.kubeflow.org" in CRD_MISSING and "training-operator" in CRD_MISSING
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, False),  # nothing made yet: the create handler's business
+        ({"pytorchJob": "j", "phase": "Training"}, True),
+        ({"pytorchJob": "j", "phase": "Queued"}, True),
+        ({"pytorchJob": "j", "phase": "Succeeded"}, False),
+        ({"pytorchJob": "j", "phase": "Failed"}, False),
+        # The trainer uploaded the model; its PyTorchJob may be removed before Succeeded is seen.
+        ({"pytorchJob": "j", "phase": "Exporting", "progress": {"stage": "done"}}, False),
+        ({"pytorchJob": "j", "phase": "Training", "progress": {"stage": "failed"}}, True),
+    ],
+)
+def test_only_unfinished_jobs_get_a_lost_pytorchjob_back(status: dict[str, object], expected: bool) -> None:
+    assert awaiting_result(status) is expected

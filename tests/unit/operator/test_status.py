@@ -200,6 +200,24 @@ def test_pod_failure_reason_and_last_line() -> None:
     assert st.pod_failure(pods[:1]) is None
 
 
+def _pod_terminated(name: str, terminated: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [{"state": {"terminated": terminated}}]}}
+
+
+@pytest.mark.parametrize("message", ["", " ", "\n \n\t", None])
+def test_pod_failure_with_a_blank_termination_message(message: str | None) -> None:
+    # A whitespace-only message used to raise IndexError, which aborted every status sync of the job.
+    terminated: dict[str, Any] = {"exitCode": 1, "reason": "Error", "message": message}
+    pods = [_pod_terminated("j-master-0", terminated)]
+    assert st.pod_failure(pods) == ("Error", "pod j-master-0: Error (exit code 1)")
+
+
+def test_pod_failure_skips_trailing_blank_lines() -> None:
+    terminated = {"exitCode": 2, "reason": "Error", "message": "loading\n  CUDA out of memory  \n \n"}
+    pods = [_pod_terminated("j-master-0", terminated)]
+    assert st.pod_failure(pods) == ("Error", "pod j-master-0: Error (exit code 2): CUDA out of memory")
+
+
 def test_failed_condition_is_written_once() -> None:
     first = observed(pj(("Failed", "PyTorchJobFailed", "failed")), {"pytorchJob": "j", "phase": "Training"})
     first.pod_failure = ("OOMKilled", "pod j-master-0: OOMKilled (exit code 137)")
