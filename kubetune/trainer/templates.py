@@ -12,6 +12,7 @@ which is what the label masking relies on (see `kubetune.trainer.data.tokenize`)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,11 +243,27 @@ def render(
     add_generation_prompt: bool = False,
 ) -> str:
     """Render like `tokenizer.apply_chat_template(..., tokenize=False)` does, with transformers' jinja setup."""
+    from jinja2.runtime import new_context
+
+    compiled, flat_globals = _compiled(template.jinja)
+    variables = {
+        **flat_globals, "messages": messages, "tools": tools, "documents": None,
+        "add_generation_prompt": add_generation_prompt, **special_tokens,
+    }
+    # What jinja's Template.render does, but with the globals flattened once: its own context set-up walks
+    # a ChainMap of them twice per call, a third of the cost of rendering a short conversation.
+    ctx = new_context(compiled.environment, compiled.name, compiled.blocks, variables, True, flat_globals)
+    try:
+        text: str = compiled.environment.concat(compiled.root_render_func(ctx))
+    except Exception:
+        compiled.environment.handle_exception()
+    return text
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(jinja: str) -> tuple[Any, dict[str, Any]]:
+    """transformers' compiled template (same sandboxed environment, filters and globals) and its globals."""
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    compiled = _compile_jinja_template(template.jinja)
-    text: str = compiled.render(
-        messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt,
-        **special_tokens,
-    )
-    return text
+    compiled = _compile_jinja_template(jinja)
+    return compiled, dict(compiled.globals)

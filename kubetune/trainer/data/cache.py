@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ log = logging.getLogger("kubetune.data")
 COMPLETE = "_COMPLETE"
 FAILED = "_FAILED"
 # Bump when the cached layout or the tokenization rules change, so old entries are not reused.
-FORMAT_VERSION = "kubetune-data-3"
+FORMAT_VERSION = "kubetune-data-4"
 DEFAULT_WAIT_SECONDS = 4 * 3600
 
 
@@ -90,9 +91,14 @@ class CacheEntry:
         return False
 
     def staging(self) -> Path:
-        tmp = self.local.parent / f".{entry_name(self.key)}.{os.getpid()}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        """A fresh directory beside the entry, unique to this call.
+
+        Not named after the pid: pods sharing a cache volume each have their own PID namespace, so two
+        writers can have the same pid, and one must never clear or fill the other's staging.
+        """
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry_name(self.key)}.", suffix=".partial", dir=self.local.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the installed entry from other users of a shared cache
         return tmp
 
     def commit(self, staged: Path) -> None:

@@ -86,12 +86,12 @@ def padding_fraction(lengths: np.ndarray, batch_size: int, seed: int, pad_to: in
     """Share of pad tokens when rows are shuffled and batched, padded to the longest (or to pad_to)."""
     if len(lengths) == 0:
         return 0.0
-    shuffled = np.random.default_rng(seed).permutation(lengths)
-    pad_total = 0
-    slots = 0
-    for start in range(0, len(shuffled), batch_size):
-        batch = shuffled[start : start + batch_size]
-        width = pad_to if pad_to is not None else int(batch.max())
-        slots += width * len(batch)
-        pad_total += width * len(batch) - int(batch.sum())
-    return pad_total / slots if slots else 0.0
+    shuffled = np.random.default_rng(seed).permutation(np.asarray(lengths, dtype=np.int64))
+    starts = np.arange(0, len(shuffled), batch_size)
+    sizes = np.diff(np.append(starts, len(shuffled)))
+    if pad_to is not None:
+        widths = np.full(len(starts), pad_to, dtype=np.int64)
+    else:
+        widths = np.maximum.reduceat(shuffled, starts)
+    slots = int((widths * sizes).sum())
+    return (slots - int(shuffled.sum())) / slots if slots else 0.0

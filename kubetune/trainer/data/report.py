@@ -32,10 +32,21 @@ class DatasetReport:
     source: str
     split: str
     format: str  # as requested
-    detected: str = ""  # the format used, and how it was recognised
+    detected: str = ""  # the format(s) used, and how they were recognised
     files: list[dict[str, Any]] = field(default_factory=list)
     rows_read: int = 0
     invalid: int = 0
+    formats: list[str] = field(default_factory=list)  # the formats used, each once, in file order
+
+    def add_detected(self, file: str, fmt: str, description: str) -> None:
+        """Record the format of one file (`auto` detects it per file, so one prefix may mix formats)."""
+        for entry in self.files:
+            if entry["uri"] == file:
+                entry["format"], entry["detectedFormat"] = fmt, description
+        if fmt not in self.formats:
+            self.formats.append(fmt)
+        if description not in self.detected.split("; "):
+            self.detected = f"{self.detected}; {description}" if self.detected else description
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +54,7 @@ class DatasetReport:
             "split": self.split,
             "format": self.format,
             "detectedFormat": self.detected,
+            "formats": self.formats,
             "files": self.files,
             "rowsRead": self.rows_read,
             "invalid": self.invalid,
@@ -113,7 +125,8 @@ class DataReport:
             "dropped": self.dropped,
             "totalTokens": self.total_tokens,
             "trainableTokens": self.trainable_tokens,
-            "formats": [d.detected.split(" ", 1)[0] for d in self.datasets],
+            # one entry per dataset; a prefix holding files of several formats gives e.g. "alpaca+sharegpt"
+            "formats": ["+".join(d.formats) for d in self.datasets],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,7 +167,7 @@ class DataReport:
             datasets=[
                 DatasetReport(
                     source=d["source"], split=d["split"], format=d["format"], detected=d["detectedFormat"],
-                    files=d["files"], rows_read=d["rowsRead"], invalid=d["invalid"],
+                    files=d["files"], rows_read=d["rowsRead"], invalid=d["invalid"], formats=d["formats"],
                 )
                 for d in data["datasets"]
             ],
@@ -182,6 +195,8 @@ class DataReport:
         lines = []
         for d in self.datasets:
             lines.append(f"{d.source}: {d.rows_read} rows, {d.invalid} invalid, format {d.detected}")
+            if len(d.formats) > 1:
+                lines += [f"  {f['uri']}: {f['detectedFormat']}" for f in d.files if "detectedFormat" in f]
         lines.append(
             f"rows read {self.rows_read}, invalid {self.invalid}, truncated {self.truncated}, "
             f"dropped {self.dropped} (no trainable token: {self.dropped_too_long})"

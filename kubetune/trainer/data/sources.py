@@ -23,6 +23,8 @@ from kubetune.trainer.data.formats import RowError
 log = logging.getLogger("kubetune.data")
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# Windows tools (Notepad, Excel's "CSV UTF-8") start files with a byte order mark; it is not part of row 1.
+_ENCODING = "utf-8-sig"
 # LLaMA-Factory keeps its dataset registry beside the data; it is not data.
 _NOT_DATA = {"dataset_info.json"}
 
@@ -115,12 +117,13 @@ def _jsonl(src: SourceFile) -> Iterator[Row]:
     for lineno, raw in enumerate(src.data.split(b"\n"), start=1):
         if not raw.strip():
             continue
-        yield Row(src.uri, lineno, _decode_json_line(raw))
+        yield Row(src.uri, lineno, _decode_json_line(raw, first=lineno == 1))
 
 
-def _decode_json_line(raw: bytes) -> dict[str, Any] | RowError:
+def _decode_json_line(raw: bytes, *, first: bool) -> dict[str, Any] | RowError:
     try:
-        text = raw.decode("utf-8")
+        # Only the file's first line may carry the byte order mark; elsewhere it is a stray character.
+        text = raw.decode(_ENCODING if first else "utf-8")
     except UnicodeDecodeError as exc:
         return _utf8_problem(exc)
     try:
@@ -137,9 +140,9 @@ def _json(src: SourceFile) -> Iterator[Row]:
     # found afterwards and reported one by one.
     strict = True
     try:
-        text = src.data.decode("utf-8")
+        text = src.data.decode(_ENCODING)
     except UnicodeDecodeError:
-        text, strict = src.data.decode("utf-8", errors="surrogateescape"), False
+        text, strict = src.data.decode(_ENCODING, errors="surrogateescape"), False
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -178,7 +181,7 @@ def _first_bad_string(value: Any) -> str | None:
 
 
 def _csv(src: SourceFile) -> Iterator[Row]:
-    text = src.data.decode("utf-8", errors="surrogateescape")
+    text = src.data.decode(_ENCODING, errors="surrogateescape")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for n, record in enumerate(reader, start=1):
         if None in record:

@@ -153,3 +153,26 @@ def test_data_check_cli_on_s3_names_the_bad_rows(s3_env: Any, tiny_model_dir: Pa
     assert "[[Hello!<|im_end|>\n]]" in out.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert [r["row"] for r in report["invalid"]["rows"]] == [2, 4]
+
+
+def test_two_local_nodes_sharing_one_cache_dir_publish_one_entry(
+    s3_env: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # `kubetune run --local --nodes 2`: both nodes' processes use one KUBETUNE_CACHE_DIR. Rank 0 builds while
+    # node 1's first rank polls and may install the S3 copy into the same directory; a second rank-0 writer
+    # (a restarted pod racing the old one) builds the same entry at the same moment.
+    bucket = s3_env.make_bucket("shared-cache")
+    alpaca = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(20)]
+    storage.write_bytes(f"{bucket}/mixed/a.jsonl", jsonl(alpaca))
+    storage.write_bytes(f"{bucket}/mixed/b.jsonl", jsonl(
+        [{"conversations": [{"from": "human", "value": f"H{i}"}, {"from": "gpt", "value": f"G{i}"}]} for i in range(20)]
+    ))
+    spec = make_spec([{"source": f"{bucket}/mixed/"}], storage={"endpoint": s3_env.endpoint_url})
+    shared = tmp_path / "shared-cache"
+    args = {"spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True), "model": str(tiny_model_dir),
+            "cache_uri": f"{bucket}/out/cache/", "cache_dir": str(shared)}
+    procs = [start_worker(tmp_path, f"w{rank}", {**args, "rank": rank}) for rank in (1, 0, 0)]
+    results = [finish(p)[0] for p in procs]
+    assert results[0] == results[1] == results[2] and results[0]["rows"] == 40
+    assert [p.name for p in shared.iterdir()] == [f"data-{results[0]['key']}"]  # no staging left behind
+    assert (shared / f"data-{results[0]['key']}" / "_COMPLETE").is_file()

@@ -250,3 +250,44 @@ def test_first_conversation_is_the_first_valid_training_row(write_jsonl: Callabl
         {"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris."},
     ]
+
+
+def test_auto_detects_the_format_of_each_file_of_a_prefix(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    alpaca = write_jsonl("mixed/a.jsonl", ALPACA)
+    sharegpt = write_jsonl("mixed/b.jsonl", [
+        {"conversations": [{"from": "human", "value": f"B{i}"}, {"from": "gpt", "value": "b"}]} for i in range(2)
+    ])
+    source = str(tmp_path / "mixed") + "/"
+    with caplog.at_level(logging.INFO, logger="kubetune.data"):
+        prepared = prepare_data(make_spec([{"source": source}]), tokenizer, cache_dir=tmp_path / "c")
+    report = prepared.report.to_dict()
+    assert report["summary"]["invalid"] == 0 and len(prepared.train) == 5
+    assert report["summary"]["formats"] == ["alpaca+sharegpt"]
+    files = {f["uri"]: f["detectedFormat"] for f in report["datasets"][0]["files"]}
+    assert files[str(alpaca)].startswith("alpaca") and files[str(sharegpt)].startswith("sharegpt")
+    assert f"{alpaca}: detected format alpaca" in caplog.text
+    assert f"{sharegpt}: detected format sharegpt" in caplog.text
+    DataReportSummary.model_validate(report["summary"])
+
+    # an explicit format applies to every file, as asked
+    explicit = make_spec([{"source": source, "format": "alpaca"}], data={"invalidRows": "skip"})
+    report = prepare_data(explicit, tokenizer, cache_dir=tmp_path / "c").report.to_dict()
+    assert report["summary"]["invalid"] == 2 and report["summary"]["formats"] == ["alpaca"]
+    assert {r["file"] for r in report["invalid"]["rows"]} == {str(sharegpt)}
+
+
+def test_the_data_check_command_reads_a_prefix_of_mixed_formats(
+    tiny_model_dir: Path, write_jsonl: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kubetune.cli import main
+
+    write_jsonl("mixed/a.jsonl", ALPACA)
+    (tmp_path / "mixed" / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(
+        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]
+    ).encode())
+    assert main(["data", "check", str(tmp_path / "mixed"), "--model", str(tiny_model_dir), "--no-preview"]) == 0
+    out = capsys.readouterr().out
+    assert "rows read 4, invalid 0" in out
+    assert f"{tmp_path}/mixed/b.json: sharegpt" in out

@@ -68,3 +68,24 @@ def test_prefix_listing_skips_non_data_files_and_says_when_nothing_is_there(tmp_
 def test_hub_ids_are_told_apart_from_paths() -> None:
     assert is_hub_id("tatsu-lab/alpaca")
     assert not is_hub_id("s3://b/k") and not is_hub_id("./d.jsonl") and not is_hub_id("data.jsonl")
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("d.jsonl", b'{"a": "x"}\n{"a": "caf\xe9"}\n{"a": "z"}\n'),
+        ("d.json", b'[{"a": "x"}, {"a": "caf\xe9"}, {"a": "z"}]'),
+        ("d.csv", b'a\nx\ncaf\xe9\nz\n'),
+    ],
+)
+def test_a_byte_order_mark_is_not_part_of_row_1_and_bad_rows_keep_their_number(name: str, data: bytes) -> None:
+    rows = rows_of(name, BOM + data)
+    assert rows[0] == (1, {"a": "x"}) and rows[2] == (3, {"a": "z"})
+    assert rows[1][0] == 2 and isinstance(rows[1][1], RowError) and "not valid UTF-8" in str(rows[1][1])
+
+
+def test_a_byte_order_mark_is_stripped_from_a_json_lines_file_named_json() -> None:
+    assert rows_of("d.json", BOM + b'{"a": 1}\n{"a": 2}\n') == [(1, {"a": 1}), (2, {"a": 2})]
