@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -28,10 +29,18 @@ log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
 MERGE_PATCH = "application/merge-patch+json"
+# (connect, read) seconds: a hung API connection must not stall rank 0's training loop.
+REQUEST_TIMEOUT = (5.0, 15.0)
+
+
+def percent_done(step: int, total: int) -> tuple[float, str]:
+    """(percent, display) for a printer column: floored, so 199/200 is "99%", never a premature 100%."""
+    percent = math.floor(1000 * step / total) / 10
+    return percent, f"{100 * step // total}% {step}/{total}"
 
 
 def format_eta(seconds: float | None) -> str | None:
-    """1h02m, 4m05s, 12s: short enough for a printer column."""
+    """1h02m, 4m05s, 12s: short enough for a printer column. The one formatter trainer and status share."""
     if seconds is None or seconds < 0:
         return None
     s = round(seconds)
@@ -47,8 +56,9 @@ def enrich_progress(progress: dict[str, Any]) -> dict[str, Any]:
     out = dict(progress)
     step, total = out.get("step"), out.get("totalSteps")
     if isinstance(step, int) and isinstance(total, int) and total > 0:
-        out.setdefault("percent", round(100.0 * step / total, 1))
-        out.setdefault("display", f"{int(100 * step // total)}% {step}/{total}")
+        percent, display = percent_done(step, total)
+        out.setdefault("percent", percent)
+        out.setdefault("display", display)
     if "etaSeconds" in out and "eta" not in out:
         eta = format_eta(out["etaSeconds"])
         if eta is not None:
@@ -73,11 +83,13 @@ class StatusReporter:
         api_client: Any = None,
         custom_objects_api: Any = None,
         min_interval: float = 10.0,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> None:
         """`api_client`/`custom_objects_api` default to a client built from the environment on first use."""
         self.name = name
         self.namespace = namespace
         self.min_interval = min_interval
+        self.request_timeout = request_timeout
         self._api_client = api_client
         self._custom: Any = custom_objects_api
         self._lock = threading.Lock()
@@ -137,7 +149,8 @@ class StatusReporter:
         try:
             custom = self._client()
             custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, body, _content_type=MERGE_PATCH
+                GROUP, VERSION, self.namespace, PLURAL, self.name, body, _content_type=MERGE_PATCH,
+                _request_timeout=self.request_timeout,
             )
         except Exception as exc:  # any API/network failure: keep training, retry with the next report
             self.failures += 1

@@ -1,7 +1,8 @@
 """`kubetune train --config FILE`: run the trainer in this process (the same code torchrun starts in pods).
 
-For several processes, launch it under torchrun:
-`torchrun --nproc-per-node 2 -m kubetune.trainer --config job.yaml`.
+For several processes, launch it under torchrun through the launcher, which turns each rank's own
+exit code into the process's (torchrun alone reports every failure as 1):
+`python -m kubetune.trainer.launch --nproc-per-node 2 -m kubetune.trainer --config job.yaml`.
 """
 
 from __future__ import annotations

@@ -4,10 +4,16 @@ The HF Trainer writes its normal checkpoint directories locally (model/adapter, 
 scheduler, RNG state per rank, trainer_state with the data position). After each save every node
 uploads the files it wrote, and rank 0 writes `COMPLETE` last: a checkpoint without it is an upload
 that was cut off and is never resumed from.
+
+`COMPLETE` also holds the run identity (`run_identity`): a hash of the spec fields that shape
+training. Only checkpoints of the same identity are resumed from or pruned; those of another
+configuration under the same output are left alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 if TYPE_CHECKING:
+    from kubetune.api.v1alpha1 import FineTuneJobSpec
     from kubetune.storage import StorageOptions
     from kubetune.trainer.config import Distributed
 
@@ -41,24 +48,72 @@ def scan(prefix: str, opts: StorageOptions) -> tuple[list[int], list[int]]:
     return complete, incomplete
 
 
+# Intervals only decide when to save, log or evaluate: changing them must not discard a run's progress.
+_NOT_IDENTITY = {"checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "logging_steps"}
+
+
+def run_identity(spec: FineTuneJobSpec) -> str:
+    """A hash of what shapes training: model, datasets, data, template, method and training settings.
+
+    Not the job's uid: `kubetune run --local` has none, and a FineTuneJob re-created with the same
+    spec may legitimately continue its predecessor's checkpoints."""
+    shaping = {
+        "model": spec.model.model_dump(mode="json"),
+        "datasets": [d.model_dump(mode="json") for d in spec.datasets],
+        "data": spec.data.model_dump(mode="json"),
+        "template": str(spec.template),
+        "method": spec.method.model_dump(mode="json"),
+        "training": spec.training.model_dump(mode="json", exclude=_NOT_IDENTITY),
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def marker_text(step: int, run_id: str) -> bytes:
+    return (json.dumps({"step": step, "run": run_id}) + "\n").encode()
+
+
+def marker_run(prefix: str, step: int, opts: StorageOptions) -> str | None:
+    """The run identity in a checkpoint's COMPLETE marker; None for a marker without one."""
+    from kubetune.storage import StorageError, read_bytes
+
+    try:
+        data = json.loads(read_bytes(checkpoint_uri(prefix, step) + "/" + COMPLETE, opts))
+    except ValueError:
+        return None  # a plain step number: written before markers held an identity
+    except StorageError as exc:
+        # Pruned between listing and reading (another attempt still running): not a checkpoint to use.
+        log.warning("could not read %s/%s: %s", checkpoint_uri(prefix, step), COMPLETE, exc)
+        return None
+    return data.get("run") if isinstance(data, dict) else None
+
+
+def owned(prefix: str, steps: list[int], run_id: str, opts: StorageOptions) -> list[int]:
+    return [s for s in steps if marker_run(prefix, s, opts) == run_id]
+
+
 def checkpoint_uri(prefix: str, step: int) -> str:
     from kubetune.storage import join
 
     return join(prefix, f"checkpoint-{step}")
 
 
-def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions) -> Path | None:
-    """Download the newest complete checkpoint into local_dir; None when there is none (a fresh run).
+def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions, run_id: str) -> Path | None:
+    """Download this run's newest complete checkpoint into local_dir; None when there is none (a fresh run).
 
     Local checkpoints left by an earlier process are dropped first: only what reached the output URI
-    with its COMPLETE marker counts."""
+    with its COMPLETE marker counts. Checkpoints of another configuration are never resumed from
+    (their optimizer state and data position belong to different data or settings) nor deleted."""
     from kubetune.storage import download_dir
 
     shutil.rmtree(local_dir, ignore_errors=True)
     complete, _ = scan(prefix, opts)
-    if not complete:
+    mine = owned(prefix, complete, run_id, opts)
+    if not mine:
+        if complete:
+            log.warning("checkpoints under %s belong to a different configuration; starting fresh "
+                        "(delete them or change output.uri)", prefix)
         return None
-    step = complete[-1]
+    step = mine[-1]
     dest = local_dir / f"checkpoint-{step}"
     download_dir(checkpoint_uri(prefix, step), dest, opts)
     (dest / COMPLETE).unlink(missing_ok=True)
@@ -66,14 +121,17 @@ def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions) -> Path |
     return dest
 
 
-def prune(prefix: str, keep: int, opts: StorageOptions) -> list[int]:
-    """Delete all but the newest `keep` complete checkpoints, and incomplete ones older than them."""
+def prune(prefix: str, keep: int, opts: StorageOptions, run_id: str) -> list[int]:
+    """Delete all but this run's newest `keep` complete checkpoints, and incomplete ones older than them.
+
+    Complete checkpoints of another configuration are kept: they are someone's finished work."""
     from kubetune.storage import delete_prefix
 
     complete, incomplete = scan(prefix, opts)
-    if not complete:
+    mine = owned(prefix, complete, run_id, opts)
+    if not mine:
         return []
-    doomed = complete[:-keep] + [s for s in incomplete if s < complete[-1]]
+    doomed = mine[:-keep] + [s for s in incomplete if s < mine[-1]]
     for step in doomed:
         # The marker goes first so a half-deleted checkpoint is never taken for a complete one.
         delete_prefix(checkpoint_uri(prefix, step) + "/" + COMPLETE, opts)
@@ -118,12 +176,29 @@ class Preemption:
         return bool(flag.item())
 
 
+class AlreadyTrained(Exception):
+    """Raised inside trainer.train() when a resumed checkpoint is already the last step."""
+
+
+class StopWhenFinished(TrainerCallback):
+    """Resumed from the final checkpoint (a finished job run again), the HF Trainer would still run one
+    more step before noticing max_steps when max_steps ends mid-epoch, changing the model. The
+    checkpoint's weights, optimizer and data position are loaded by then, so stop right there; every
+    rank stops at the same point, before any collective of the step."""
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.max_steps and state.global_step >= state.max_steps:
+            raise AlreadyTrained()
+        return control
+
+
 class CheckpointSync(TrainerCallback):
     """Upload each saved checkpoint, mark it complete, prune; stop and save on preemption."""
 
     def __init__(self, prefix: str, keep: int, opts: StorageOptions, dist: Distributed,
-                 preemption: Preemption) -> None:
+                 preemption: Preemption, run_id: str) -> None:
         self.prefix = prefix
+        self.run_id = run_id
         self.keep = keep
         self.opts = opts
         self.dist = dist
@@ -138,18 +213,23 @@ class CheckpointSync(TrainerCallback):
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        from kubetune.storage import upload_dir, write_bytes
+        from kubetune.storage import delete_prefix, upload_dir, write_bytes
 
         step = state.global_step
         local = Path(args.output_dir) / f"checkpoint-{step}"
+        if self.dist.is_main:
+            # A checkpoint of another configuration at this step is about to be overwritten: while
+            # files are mixed, its old marker must not make the mix look complete to anyone.
+            delete_prefix(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, self.opts)
         barrier()  # every rank has written its files (RNG state, ZeRO shards)
         if self.dist.is_local_main and local.is_dir():
             # Each node uploads what it wrote; on a shared volume the same bytes land twice, harmlessly.
             upload_dir(local, checkpoint_uri(self.prefix, step), self.opts)
         barrier()
         if self.dist.is_main:
-            write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, f"{step}\n".encode(), self.opts)
-            pruned = prune(self.prefix, self.keep, self.opts)
+            write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, marker_text(step, self.run_id),
+                        self.opts)
+            pruned = prune(self.prefix, self.keep, self.opts, self.run_id)
             log.info("checkpoint %d uploaded%s", step, f", pruned {pruned}" if pruned else "")
         self.uploaded.append(step)
         return control

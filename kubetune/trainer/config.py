@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -142,6 +143,16 @@ def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool) -> st
     return requested
 
 
+def work_dir(cache_dir: Path, namespace: str, name: str, output_uri: str, node: str) -> Path:
+    """The node-local directory for one run's checkpoints and exports.
+
+    Keyed by the output URI too: two jobs of the same name writing to different outputs may run at
+    the same time on one machine. Per node: two "nodes" of one `kubetune run --local` must not share it.
+    """
+    key = hashlib.sha256(output_uri.rstrip("/").encode()).hexdigest()[:8]
+    return cache_dir / "runs" / f"{namespace}-{name}-{key}" / f"node-{node}"
+
+
 def load_run_config(config_path: str, env: dict[str, str] | None = None) -> RunConfig:
     """Read the FineTuneJob (SpecError on a bad file) and resolve everything the run needs."""
     import torch
@@ -160,8 +171,7 @@ def load_run_config(config_path: str, env: dict[str, str] | None = None) -> RunC
         config_path=config_path,
         dist=Distributed.from_env(env),
         cache_dir=cache_dir,
-        # Per node: two "nodes" on one machine (kubetune run --local) must not share checkpoint dirs.
-        work_dir=cache_dir / "runs" / f"{namespace}-{name}" / f"node-{env.get('GROUP_RANK', '0')}",
+        work_dir=work_dir(cache_dir, namespace, name, job.spec.output.uri, env.get("GROUP_RANK", "0")),
         output=OutputLayout(job.spec.output.uri),
         storage=StorageOptions.from_spec(job.spec.storage),
         precision=resolve_precision(

@@ -283,6 +283,16 @@ def base_dtype(base_dir: Path) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def stabilize_adapter_config(adapter_dir: Path) -> None:
+    """Sort list-valued `target_modules`: peft writes them from a set, in hash order, so an identical
+    adapter would otherwise get a different adapter_config.json (and sha256) on every run."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def write_generation_config(base_dir: Path, out_dir: Path, tokenizer: Any, stop_ids: list[int]) -> list[int]:
     """generation_config.json whose eos covers the template's end-of-turn token (else vLLM never stops)."""
     from transformers import AutoConfig, GenerationConfig

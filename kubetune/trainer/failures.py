@@ -101,11 +101,12 @@ def termination_log_path() -> str | None:
 
 
 def write_failure(err: TrainerError) -> None:
-    """Print the line to stderr and append it to the termination log.
+    """Print the line to stderr, append it to the termination log and leave the code for the launcher.
 
     Every rank appends: the rank that failed first (the cause) is usually the first line, and the
     peers that then lose their connection add theirs after it."""
     print(err.line, file=sys.stderr, flush=True)
+    write_exit_code(err.code)
     path = termination_log_path()
     if path:
         try:
@@ -113,3 +114,18 @@ def write_failure(err: TrainerError) -> None:
                 fh.write(err.line + "\n")
         except OSError:
             pass  # the line is on stderr already; a read-only log must not hide the real error
+
+
+def write_exit_code(code: int) -> None:
+    """`$KUBETUNE_EXIT_DIR/rank-<RANK>`: torchrun reports every worker failure as exit 1, so this
+    rank's own code reaches the container's exit status only through this file (see launch.py)."""
+    exit_dir = os.environ.get("KUBETUNE_EXIT_DIR")
+    if not exit_dir:
+        return
+    path = os.path.join(exit_dir, f"rank-{os.environ.get('RANK', '0')}")
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(f"{int(code)}\n")
+        os.replace(path + ".tmp", path)  # the launcher never reads half a number
+    except OSError:
+        pass  # the launcher then treats this rank's failure as unknown, which is retried

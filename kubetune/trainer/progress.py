@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from kubetune.api.v1alpha1 import now_rfc3339
+from kubetune.reporting import format_eta, percent_done
 from kubetune.trainer.failures import check_loss
 
 if TYPE_CHECKING:
@@ -24,24 +25,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubetune.trainer")
 
 
-def format_eta(seconds: float | None) -> str | None:
-    if seconds is None:
-        return None
-    s = max(round(seconds), 0)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    return f"{m}m{s:02d}s" if m else f"{s}s"
+__all__ = ["ProgressCallback", "ProgressSink", "format_eta", "progress_event"]
 
 
 def progress_event(stage: str, *, step: int | None = None, total: int | None = None, **fields: Any) -> dict[str, Any]:
     """A Progress dict; None fields are left out so a merge-patch never erases the last known value."""
     event: dict[str, Any] = {"stage": stage, "step": step, "totalSteps": total}
     if step is not None and total:
-        percent = round(100.0 * step / total, 1)
-        event["percent"] = percent
-        event["display"] = f"{percent:.0f}% {step}/{total}"
+        event["percent"], event["display"] = percent_done(step, total)
     event.update(fields)
     if event.get("etaSeconds") is not None:
         event["eta"] = format_eta(event["etaSeconds"])

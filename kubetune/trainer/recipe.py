@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubetune.trainer.checkpoints import CheckpointSync, Preemption, barrier, restore_latest
+from kubetune.trainer.checkpoints import (
+    AlreadyTrained,
+    CheckpointSync,
+    Preemption,
+    StopWhenFinished,
+    barrier,
+    restore_latest,
+    run_identity,
+)
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
 from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
@@ -110,15 +118,20 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
         sink.continue_history(int(resume.name.split("-")[1]))
     model = load_model(base_dir, cfg)
     sync = CheckpointSync(cfg.output.checkpoints, cfg.spec.training.keep_checkpoints, cfg.storage, cfg.dist,
-                          preemption)
+                          preemption, run_identity(cfg.spec))
     progress = ProgressCallback(sink)
     trainer = SFTTrainer(
         model=model, args=args, data_collator=DataCollator(tokenizer.pad_token_id),
         train_dataset=prepared.train, eval_dataset=_non_empty(prepared.eval),
-        processing_class=tokenizer, callbacks=[progress, sync],
+        processing_class=tokenizer, callbacks=[progress, sync, StopWhenFinished()],
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except AlreadyTrained:
+        log.info("%s is the last step: training already finished, exporting it", resume)
+        progress.on_train_end(args, trainer.state, trainer.control)
+        result = None
     if preemption.requested:
         raise TrainerError(
             ExitCode.PREEMPTED, f"stopped by SIGTERM at step {trainer.state.global_step}",
@@ -178,9 +191,31 @@ def training_arguments(cfg: RunConfig) -> Any:
         dataloader_num_workers=0,
         disable_tqdm=True,  # our own bar (rank 0)
         report_to="none",
+        # Collectives wait while one process per node downloads the base model or a checkpoint
+        # (main_process_first, barriers): 140 GB at a few hundred MB/s takes far longer than the
+        # 30-minute default. The cost: a genuinely hung collective is noticed this late.
+        ddp_timeout=ddp_timeout(),
         warmup_steps=warmup,
         **length,
     )
+
+
+DDP_TIMEOUT_S = 4 * 3600
+
+
+def ddp_timeout(env: dict[str, str] | None = None) -> int:
+    """Seconds a collective may wait: `KUBETUNE_DDP_TIMEOUT_S`, default 4 hours."""
+    value = (os.environ if env is None else env).get("KUBETUNE_DDP_TIMEOUT_S", "").strip()
+    if not value:
+        return DDP_TIMEOUT_S
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise TrainerError(ExitCode.CONFIG, f"KUBETUNE_DDP_TIMEOUT_S={value!r} is not a positive number of seconds",
+                           "set it to e.g. 14400, or unset it for the 4-hour default")
+    return seconds
 
 
 def _backend(cfg: RunConfig) -> str | None:
@@ -193,20 +228,22 @@ def _restore_checkpoint(cfg: RunConfig) -> Path | None:
     """One process per node downloads the newest complete checkpoint; every rank then resumes from it."""
     local = cfg.work_dir / "checkpoints"
     if cfg.dist.is_local_main:
-        restore_latest(cfg.output.checkpoints, local, cfg.storage)
+        restore_latest(cfg.output.checkpoints, local, cfg.storage, run_identity(cfg.spec))
     barrier()
     found = sorted(local.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if local.is_dir() else []
     return found[-1] if found else None
 
 
 def _final_metrics(trainer: Any, result: Any, progress: ProgressCallback, resume: Path | None) -> dict[str, Any]:
+    """`result` is None when the resumed checkpoint was already the last step (nothing trained now)."""
+    logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     metrics: dict[str, Any] = {
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0.0, 4),
-        "trainLoss": progress.last_loss,
-        "meanTrainLoss": result.training_loss,
+        "trainLoss": progress.last_loss if progress.last_loss is not None else (logged[-1] if logged else None),
+        "meanTrainLoss": result.training_loss if result is not None else None,
         "tokensSeen": trainer.state.num_input_tokens_seen,
-        "runtimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2),
+        "runtimeSeconds": round(result.metrics.get("train_runtime", 0.0), 2) if result is not None else 0.0,
         "resumedFrom": resume.name if resume else None,
     }
     if trainer.eval_dataset is not None:
@@ -280,6 +317,7 @@ def export_model(cfg: RunConfig, trained: Trained) -> dict[str, Path]:
     if cfg.method != "full":
         adapter_dir = exported["adapter"] = out / "adapter"
         shutil.copytree(trained_dir, adapter_dir, ignore=shutil.ignore_patterns("training_args.bin"))
+        export.stabilize_adapter_config(adapter_dir)
         tok.save_pretrained(str(adapter_dir))
         export.write_generation_config(base_dir, adapter_dir, tok, stop_ids)
     if cfg.merges:

@@ -38,9 +38,12 @@ def _copy_examples(tmp_path: Path) -> Path:
 
 def _kubetune(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
     kubetune = Path(sys.executable).with_name("kubetune")
+    # Hermetic: the node cache (models, data, the run's work dir) lives in the test's tmp dir, never in
+    # the user's ~/.cache/kubetune where an earlier run's files could change what this one does.
+    hermetic = {"KUBETUNE_LOCAL_CACHE_DIR": str(cwd / "node-cache")}
     return subprocess.run(
-        [str(kubetune), *args], env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True,
-        timeout=600,
+        [str(kubetune), *args], env={**os.environ, **hermetic, **(env or {})}, cwd=cwd, capture_output=True,
+        text=True, timeout=600,
     )
 
 
@@ -63,6 +66,7 @@ def test_quickstart_trains_exports_and_answers(tmp_path: Path) -> None:
     base_line = next(line for line in sample.splitlines() if "base model:" in line)
     after_line = next(line for line in sample.splitlines() if "after training:" in line)
     assert "Kubi" in after_line and "Kubi" not in base_line
+    assert (tmp_path / "node-cache" / "runs").is_dir()  # the run's work dir was under the test's cache
 
 
 def test_quickstart_with_s3_output_on_a_local_endpoint(

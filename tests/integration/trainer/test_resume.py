@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.integration.trainer.helpers import Run, job, progress_events, trainer_env, write_job
+from tests.integration.trainer.helpers import Run, job, progress_events, run_trainer, trainer_env, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +59,52 @@ def test_preempted_run_resumes_from_its_checkpoint(tiny_model_dir, chat_data, tm
     # The loss history covers both processes: first run up to the checkpoint, then the resumed steps.
     assert steps == sorted(steps) and steps[0] == 10 and steps[-1] == 300
     assert all(s <= stopped_at for s in steps if s < stopped_at) and len(steps) == len(set(steps))
+
+
+def _model_files(output):
+    files = json.loads((output / "manifest.json").read_text())["files"]
+    return {f["path"]: f["sha256"] for f in files if f["path"].startswith(("model/", "adapter/"))}
+
+
+def test_rerunning_a_finished_job_exports_the_same_model(tiny_model_dir, chat_data, tmp_path):
+    """`make quickstart` twice: the final checkpoint is resumed with 0 steps left; export and upload again."""
+    output = tmp_path / "out"
+    manifest = job("again", str(tiny_model_dir), str(chat_data), str(output),
+                   training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5},
+                   output={"uri": str(output), "merge": True})
+    config = write_job(tmp_path / "job.yaml", manifest)
+    env = trainer_env(tmp_path)
+    first = run_trainer(config, env)
+    assert first.code == 0, first.stderr[-3000:]
+    before = _model_files(output)
+    assert any(p.startswith("model/model") for p in before) and "adapter/adapter_model.safetensors" in before
+
+    second = run_trainer(config, env)
+    assert second.code == 0, second.stderr[-3000:]
+    assert f"resuming from {output}/checkpoints/checkpoint-10" in second.stderr
+    metrics = json.loads((output / "manifest.json").read_text())["metrics"]
+    assert metrics["resumedFrom"] == "checkpoint-10" and metrics["steps"] == 10
+    assert _model_files(output) == before
+
+
+def test_checkpoints_of_another_configuration_are_left_alone(tiny_model_dir, chat_data, tmp_path):
+    output = tmp_path / "out"
+    env = trainer_env(tmp_path)
+    first = job("shared", str(tiny_model_dir), str(chat_data), str(output),
+                training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5})
+    assert run_trainer(write_job(tmp_path / "a.yaml", first), env).code == 0
+    foreign = (output / "checkpoints" / "checkpoint-10" / "COMPLETE").read_text()
+
+    # Same name and output, different learning rate: its checkpoint must not be resumed, nor pruned.
+    changed = job("shared", str(tiny_model_dir), str(chat_data), str(output),
+                  training={"maxSteps": 6, "checkpointEverySteps": 3, "keepCheckpoints": 1, "loggingSteps": 3,
+                            "learningRate": 0.005})
+    second = run_trainer(write_job(tmp_path / "b.yaml", changed), env)
+    assert second.code == 0, second.stderr[-3000:]
+    warnings = [line for line in second.stderr.splitlines() if "belong to a different configuration" in line]
+    assert len(warnings) == 1 and f"checkpoints under {output}/checkpoints" in warnings[0]
+    assert "resuming from" not in second.stderr
+    metrics = json.loads((output / "manifest.json").read_text())["metrics"]
+    assert metrics["resumedFrom"] is None and metrics["steps"] == 6
+    assert (output / "checkpoints" / "checkpoint-10" / "COMPLETE").read_text() == foreign
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-6"]

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import logging
+
+import yaml
+
+from kubetune.api.validation import parse_job
 from kubetune.storage import write_bytes
-from kubetune.trainer.checkpoints import COMPLETE, prune, restore_latest, scan
+from kubetune.trainer.checkpoints import COMPLETE, marker_text, prune, restore_latest, run_identity, scan
+
+RUN = "run-a"
 
 
-def _checkpoint(root, step, *, complete=True):
+def _checkpoint(root, step, *, complete=True, run=RUN):
     write_bytes(f"{root}/checkpoint-{step}/adapter_model.safetensors", b"w" * step)
     write_bytes(f"{root}/checkpoint-{step}/trainer_state.json", b"{}")
     if complete:
-        write_bytes(f"{root}/checkpoint-{step}/{COMPLETE}", b"done")
+        write_bytes(f"{root}/checkpoint-{step}/{COMPLETE}", marker_text(step, run))
 
 
 def test_only_marked_checkpoints_are_complete(tmp_path):
@@ -26,14 +33,14 @@ def test_restore_takes_latest_complete_and_drops_stale_local_state(tmp_path):
     _checkpoint(root, 30, complete=False)
     local = tmp_path / "local"
     (local / "checkpoint-40").mkdir(parents=True)  # left by a process that never uploaded it
-    restored = restore_latest(root, local, None)
+    restored = restore_latest(root, local, None, RUN)
     assert restored == local / "checkpoint-20"
     assert (restored / "adapter_model.safetensors").read_bytes() == b"w" * 20
     assert sorted(p.name for p in local.iterdir()) == ["checkpoint-20"]
 
 
 def test_fresh_run_has_nothing_to_restore(tmp_path):
-    assert restore_latest(str(tmp_path / "none"), tmp_path / "local", None) is None
+    assert restore_latest(str(tmp_path / "none"), tmp_path / "local", None, RUN) is None
 
 
 def test_prune_keeps_newest_and_removes_dead_uploads(tmp_path):
@@ -42,7 +49,7 @@ def test_prune_keeps_newest_and_removes_dead_uploads(tmp_path):
         _checkpoint(root, step)
     _checkpoint(root, 15, complete=False)
     _checkpoint(root, 40, complete=False)  # may still be uploading: keep it
-    assert prune(root, 2, None) == [10, 15]
+    assert prune(root, 2, None, RUN) == [10, 15]
     assert scan(root, None) == ([20, 30], [40])
 
 
@@ -60,7 +67,8 @@ def test_on_save_uploads_then_marks_complete_then_prunes(tmp_path):
     from kubetune.trainer.config import Distributed
 
     remote = str(tmp_path / "remote" / "checkpoints")
-    sync = CheckpointSync(remote, keep=2, opts=None, dist=Distributed(), preemption=Preemption())
+    sync = CheckpointSync(remote, keep=2, opts=None, dist=Distributed(), preemption=Preemption(),
+                          run_id=RUN)
     for step in (10, 20, 30):
         local = tmp_path / "local" / f"checkpoint-{step}"
         local.mkdir(parents=True)
@@ -80,7 +88,8 @@ def test_sigterm_saves_and_stops_at_the_next_step(tmp_path):
     preemption = Preemption()
     preemption.install()
     try:
-        sync = CheckpointSync(str(tmp_path), keep=1, opts=None, dist=Distributed(), preemption=preemption)
+        sync = CheckpointSync(str(tmp_path), keep=1, opts=None, dist=Distributed(), preemption=preemption,
+                              run_id=RUN)
         args, state, control = _trainer_objects(tmp_path, 5)
         sync.on_step_end(args, state, control)
         assert not control.should_save and not control.should_training_stop
@@ -89,3 +98,44 @@ def test_sigterm_saves_and_stops_at_the_next_step(tmp_path):
         assert preemption.requested and control.should_save and control.should_training_stop
     finally:
         preemption.uninstall()
+
+
+def test_checkpoints_of_another_configuration_are_neither_resumed_nor_deleted(tmp_path, caplog):
+    root = str(tmp_path / "checkpoints")
+    _checkpoint(root, 10, run="other")
+    _checkpoint(root, 20, run="other")
+    _checkpoint(root, 5, complete=True)  # this run's own, older than the foreign ones
+    _checkpoint(root, 30, run="other")
+    assert restore_latest(root, tmp_path / "local", None, RUN).name == "checkpoint-5"
+    assert prune(root, 1, None, RUN) == []  # keep=1: the foreign ones are not this run's to prune
+    assert scan(root, None) == ([5, 10, 20, 30], [])
+
+    with caplog.at_level(logging.WARNING, logger="kubetune.trainer"):
+        assert restore_latest(root, tmp_path / "local", None, "run-b") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"checkpoints under {root} belong to a different configuration; starting fresh "
+                        "(delete them or change output.uri)"]
+    assert scan(root, None) == ([5, 10, 20, 30], [])
+
+
+def test_markers_without_an_identity_are_not_resumed(tmp_path):
+    root = str(tmp_path / "checkpoints")
+    _checkpoint(root, 10, complete=False)
+    write_bytes(f"{root}/checkpoint-10/{COMPLETE}", b"10\n")  # written before markers held an identity
+    assert restore_latest(root, tmp_path / "local", None, RUN) is None
+
+
+def _spec(**training):
+    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "j"},
+           "spec": {"model": {"source": "/models/m"}, "datasets": [{"source": "s3://data/x.jsonl"}],
+                    "output": {"uri": "s3://out/j/"}, "training": training}}
+    return parse_job(yaml.safe_load(yaml.safe_dump(doc))).spec
+
+
+def test_run_identity_ignores_intervals_but_not_what_shapes_training():
+    base = run_identity(_spec(maxSteps=100))
+    assert run_identity(_spec(maxSteps=100)) == base
+    intervals = {"checkpointEverySteps": 7, "keepCheckpoints": 5, "loggingSteps": 3, "evalEverySteps": 9}
+    assert run_identity(_spec(maxSteps=100, **intervals)) == base
+    assert run_identity(_spec(maxSteps=200)) != base
+    assert run_identity(_spec(maxSteps=100, learningRate=0.001)) != base

@@ -44,7 +44,8 @@ def test_run_config_layout_and_env(tmp_path):
     env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache"), "KUBETUNE_JOB_NAME": "demo-x",
            "KUBETUNE_JOB_NAMESPACE": "team", "GROUP_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}
     cfg = load_run_config(_job_file(tmp_path), env)
-    assert cfg.work_dir == tmp_path / "cache" / "runs" / "team-demo-x" / "node-1"
+    assert cfg.work_dir.parent.parent == tmp_path / "cache" / "runs" and cfg.work_dir.name == "node-1"
+    assert cfg.work_dir.parent.name.startswith("team-demo-x-")
     assert cfg.output.checkpoints == "s3://out/runs/demo/checkpoints"
     assert cfg.output.manifest == "s3://out/runs/demo/manifest.json"
     assert cfg.output.model == "s3://out/runs/demo/model"
@@ -94,3 +95,25 @@ def test_training_arguments_follow_the_spec(tmp_path, training, warmup, length):
     assert args.logging_nan_inf_filter is False  # NaN losses must reach the check
     assert args.use_cpu and not args.bf16 and args.deepspeed is None
     assert args.output_dir == str(cfg.work_dir / "checkpoints")
+
+
+def test_work_dir_is_unique_per_output_uri(tmp_path):
+    """Two jobs with the same name but different outputs never share local checkpoints or exports."""
+    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
+    first = load_run_config(_job_file(tmp_path, output={"uri": "s3://out/a/"}), env)
+    second = load_run_config(_job_file(tmp_path, output={"uri": "s3://out/b/"}), env)
+    again = load_run_config(_job_file(tmp_path, output={"uri": "s3://out/a"}), env)
+    assert first.job.name == second.job.name
+    assert first.work_dir != second.work_dir
+    assert again.work_dir == first.work_dir  # a restarted pod finds its own directory
+
+
+def test_ddp_timeout_is_generous_and_configurable(tmp_path):
+    from kubetune.trainer.recipe import ddp_timeout, training_arguments
+
+    assert ddp_timeout({}) == 4 * 3600
+    assert ddp_timeout({"KUBETUNE_DDP_TIMEOUT_S": "600"}) == 600
+    with pytest.raises(TrainerError):
+        ddp_timeout({"KUBETUNE_DDP_TIMEOUT_S": "soon"})
+    cfg = load_run_config(_job_file(tmp_path), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
+    assert training_arguments(cfg).ddp_timeout == 4 * 3600

@@ -61,3 +61,40 @@ def test_each_failing_rank_appends_its_line(tmp_path, monkeypatch):
     write_failure(first)
     write_failure(second)
     assert log.read_text().splitlines() == [first.line, second.line]
+
+
+@pytest.mark.parametrize(
+    ("torchrun", "ranks", "interrupted", "container"),
+    [
+        (0, [], False, 0),
+        (1, [2], False, 2),  # bad config/data: permanent
+        (1, [4], False, 4),
+        (1, [5], False, 5),  # OOM: the same batch OOMs again
+        (1, [6], False, 6),
+        (1, [7], False, 7),
+        (1, [143, 143], False, 143),  # preempted
+        (1, [3], False, 143),  # storage blip: retry
+        (1, [1], False, 143),  # unknown/internal: retry
+        (1, [], False, 143),  # a worker killed by a signal (node loss, OOM killer) leaves no code
+        (-9, [], False, 143),
+        (1, [1, 2], False, 2),  # a peer's connection error does not hide the cause
+        (1, [130], True, 130),  # Ctrl-C on a local run
+    ],
+)
+def test_container_exit_code(torchrun, ranks, interrupted, container):
+    from kubetune.trainer.launch import container_exit_code
+
+    assert container_exit_code(torchrun, ranks, interrupted) == container
+
+
+def test_failing_rank_leaves_its_code_for_the_launcher(tmp_path, monkeypatch, capsys):
+    from kubetune.trainer.launch import read_rank_codes
+
+    monkeypatch.setenv("KUBETUNE_EXIT_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    monkeypatch.setenv("RANK", "3")
+    write_failure(TrainerError(ExitCode.CONFIG, "invalid FineTuneJob", "fix it"))
+    assert (tmp_path / "rank-3").read_text() == "2\n"
+    monkeypatch.setenv("RANK", "0")
+    write_failure(classify(RuntimeError("gloo connection closed")))
+    assert sorted(read_rank_codes(tmp_path)) == [1, 2]

@@ -63,3 +63,23 @@ def test_resumed_run_continues_the_earlier_history(tmp_path):
     steps = [e.get("step") for e in (json.loads(line) for line in remote.read_text().splitlines())]
     assert steps == [10, 20, None, 30]
     assert [e["step"] for e in second.history if "loss" in e] == [10, 20, 30]
+
+
+@pytest.mark.parametrize(("step", "total", "percent", "display"),
+                         [(199, 200, 99.5, "99% 199/200"), (1999, 2000, 99.9, "99% 1999/2000"),
+                          (200, 200, 100.0, "100% 200/200"), (0, 7, 0.0, "0% 0/7"), (2, 3, 66.6, "66% 2/3")])
+def test_percent_is_floored_never_a_premature_100(step, total, percent, display):
+    from kubetune.reporting import enrich_progress
+
+    event = progress_event("training", step=step, total=total)
+    assert (event["percent"], event["display"]) == (percent, display)
+    status = enrich_progress({"step": step, "totalSteps": total})
+    assert (status["percent"], status["display"]) == (percent, display)
+
+
+def test_one_formatter_for_trainer_and_status():
+    from kubetune import reporting
+    from kubetune.trainer import progress
+
+    assert progress.format_eta is reporting.format_eta
+    assert progress.percent_done is reporting.percent_done

@@ -1,0 +1,118 @@
+"""`python -m kubetune.trainer.launch <torchrun args...>`: the container's command.
+
+torchrun turns any worker failure into exit 1, so on its own it cannot tell Kubeflow whether a
+failure is worth a restart. This wrapper runs torchrun with exactly the arguments it was given, lets
+every failing rank leave its own exit code in `$KUBETUNE_EXIT_DIR/rank-<RANK>` (failures.py), and
+maps the outcome to the container's exit code for `restartPolicy: ExitCode`, which restarts on 130,
+137, 138 and 143 and fails permanently on 1-127:
+
+| outcome | exit |
+|---|---|
+| success | 0 |
+| invalid spec or data (2), model (4), out of memory (5), NaN loss (6), export check (7) | that code |
+| preempted (SIGTERM), object storage (3), unexpected error (1), worker killed without a code | 143 |
+| Ctrl-C on a local run | 130 |
+
+SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes them to its workers
+(they save a checkpoint at the next step and exit 143). torchrun kills workers still running after
+`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (default 30); it is left as it is, because the same limit
+ends the surviving workers when one rank fails, and those only notice a SIGTERM at a step boundary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from kubetune.trainer.failures import ExitCode
+
+# Retrying reruns the same spec on the same data: these fail the same way again.
+PERMANENT = frozenset({ExitCode.CONFIG, ExitCode.MODEL, ExitCode.OOM, ExitCode.NAN, ExitCode.EXPORT})
+RETRYABLE = int(ExitCode.PREEMPTED)
+NOT_FOUND = 127
+
+
+def container_exit_code(torchrun_code: int, rank_codes: Sequence[int], interrupted: bool = False) -> int:
+    """The container's exit code from torchrun's and the ranks' own codes (in the order they were written).
+
+    The first permanent code wins: peers of the failing rank usually fail after it with connection
+    errors, which say nothing about the cause."""
+    if torchrun_code == 0:
+        return 0
+    for code in rank_codes:
+        if code in PERMANENT:
+            return code
+    if interrupted or ExitCode.INTERRUPTED in rank_codes:
+        return int(ExitCode.INTERRUPTED)
+    return RETRYABLE
+
+
+def read_rank_codes(exit_dir: Path) -> list[int]:
+    """Codes the ranks wrote, oldest first (the first failure is usually the cause)."""
+    found: list[tuple[int, int, int]] = []
+    for path in exit_dir.glob("rank-*"):
+        rank = path.name.removeprefix("rank-")
+        try:
+            code = int(path.read_text().strip())
+            found.append((path.stat().st_mtime_ns, int(rank), code))
+        except (OSError, ValueError):
+            continue  # a partial or foreign file says nothing reliable
+    return [code for _, _, code in sorted(found)]
+
+
+def torchrun_path() -> str | None:
+    beside = Path(sys.executable).with_name("torchrun")
+    return str(beside) if beside.exists() else shutil.which("torchrun")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    torchrun = torchrun_path()
+    if torchrun is None:
+        print("kubetune: error: torchrun not found: install torch in the trainer image", file=sys.stderr, flush=True)
+        return NOT_FOUND
+    exit_dir = Path(tempfile.mkdtemp(prefix="kubetune-exit-"))
+    try:
+        env = {**os.environ, "KUBETUNE_EXIT_DIR": str(exit_dir)}
+        torchrun_code, interrupted = _run(torchrun, args, env)
+        code = container_exit_code(torchrun_code, read_rank_codes(exit_dir), interrupted)
+    finally:
+        shutil.rmtree(exit_dir, ignore_errors=True)
+    if code != torchrun_code:
+        print(f"kubetune launch: torchrun exited {torchrun_code}; container exit code {code}",
+              file=sys.stderr, flush=True)
+    return code
+
+
+def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came)."""
+    # Its own session: a terminal's Ctrl-C reaches torchrun once, through us, not twice.
+    child = subprocess.Popen([torchrun, *args], env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:  # we are failing ourselves: never leave training running unsupervised
+            child.kill()
+            child.wait()
+    return code, signal.SIGINT in received and signal.SIGTERM not in received
+
+
+if __name__ == "__main__":
+    sys.exit(main())
