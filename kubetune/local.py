@@ -9,6 +9,7 @@ reporting to an API server, credentials from your environment instead of a Secre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -134,7 +135,9 @@ def plan(
                 f"{available}; pass --nproc-per-node N (and --nodes M) to run M x N processes here "
                 "(CPU processes use gloo)"
             )
-    work_dir = (work_root or Path(".kubetune")) / "runs" / job.name
+    # Keyed by the output too: two local runs of same-named jobs never share a config or a log.
+    digest = hashlib.sha256(job.spec.output.uri.encode()).hexdigest()[:8]
+    work_dir = (work_root or Path(".kubetune")) / "runs" / f"{job.name}-{digest}"
     work_dir.mkdir(parents=True, exist_ok=True)
     config_path = (work_dir / "config.yaml").resolve()
     config_path.write_text(render.config_yaml(job))
