@@ -9,6 +9,7 @@ reporting to an API server, credentials from your environment instead of a Secre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,8 @@ from kubetune.api import v1alpha1 as api
 from kubetune.api.validation import parse_job
 
 _PLACEHOLDER = re.compile(r"\$\(([A-Z_][A-Z0-9_]*)\)")
+# How long an interrupted local run waits for checkpoints: torchrun's shutdown timeout plus margin.
+_INTERRUPT_GRACE = render.RenderSettings().termination_grace_seconds
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class LocalPlan:
     procs_per_node: int
     master_port: int
     gpus_per_node: int = 0
+    gpus_total: int = 0
 
     def env(self, node_rank: int, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of one "pod": what the renderer gives the container, plus what Kubeflow injects."""
@@ -60,10 +64,14 @@ class LocalPlan:
             }
         )
         if self.gpus_per_node > 0:
-            # Each local "node" owns its own GPUs, as each pod would; otherwise every node's
-            # LOCAL_RANK 0 would land on cuda:0.
-            first = node_rank * self.gpus_per_node
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(self.gpus_per_node))
+            # Each local "node" owns its own GPUs, one per process, as each pod would; otherwise every
+            # node's LOCAL_RANK 0 would land on cuda:0. Indices are taken from what the user already
+            # made visible, if anything.
+            visible = (os.environ if base is None else base).get("CUDA_VISIBLE_DEVICES")
+            devices = [d for d in visible.split(",") if d.strip()] if visible else []
+            devices = devices or [str(i) for i in range(self.gpus_total)]
+            first = node_rank * self.procs_per_node
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[first : first + self.procs_per_node])
         # No API server to report to, and the hub cache stays the user's own, not the pod's path.
         env.pop("KUBETUNE_STATUS_REPORTING", None)
         user = os.environ if base is None else base
@@ -142,8 +150,14 @@ def plan(
     config_path = (work_dir / "config.yaml").resolve()
     config_path.write_text(render.config_yaml(job))
     (work_dir / "termination-log").unlink(missing_ok=True)
-    gpus = res.gpus_per_node if (cuda_devices if cuda_devices is not None else _cuda_count()) > 0 else 0
-    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port(), gpus)
+    total = cuda_devices if cuda_devices is not None else _cuda_count()
+    if total and res.gpus_per_node and n_nodes * procs_per_node > total:
+        raise ValueError(
+            f"{n_nodes} node(s) x {procs_per_node} process(es) need {n_nodes * procs_per_node} GPUs, "
+            f"this machine has {total}; lower --nodes or --nproc-per-node"
+        )
+    gpus = res.gpus_per_node if total > 0 else 0
+    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port(), gpus, total)
 
 
 def _cuda_count() -> int:
@@ -175,7 +189,8 @@ def launch(p: LocalPlan) -> int:
         code = 0
         while procs:
             if stopping:
-                _stop(procs, signal.SIGTERM)
+                # The trainers checkpoint on SIGTERM; torchrun allows them its shutdown timeout.
+                _stop(procs, grace=_INTERRUPT_GRACE)
                 return 128 + stopping[0]
             for proc in list(procs):
                 rc = proc.poll()
@@ -193,18 +208,33 @@ def launch(p: LocalPlan) -> int:
             signal.signal(sig, handler)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]], sig: int = signal.SIGTERM) -> None:
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
+    """SIGTERM every process group, wait up to `grace`, then kill what is left, whole trees:
+    the launcher runs torchrun in a session of its own, so a process-group kill would miss it."""
     for proc in procs:
         if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-    deadline = time.monotonic() + 60
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for proc in procs:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             proc.wait()
 
+
+def _kill_tree(pid: int) -> None:
+    try:
+        import psutil
+
+        children = psutil.Process(pid).children(recursive=True)
+    except Exception:  # gone already, or no psutil: the process group is the best we can do
+        children = []
+    for child in children:
+        with contextlib.suppress(Exception):
+            child.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 def failure_line(p: LocalPlan) -> str | None:
     path = p.work_dir / "termination-log"

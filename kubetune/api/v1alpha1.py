@@ -39,10 +39,19 @@ _HUB_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
 SOURCE_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE}|{_HUB_ID_RE})$"
 OUTPUT_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE})$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 # Variables the trainer and torchrun own; a user value would silently break the run.
 RESERVED_ENV_PREFIXES = ("KUBETUNE_", "PET_", "TORCHELASTIC_")
 RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
-_CREDENTIAL_HINTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "ACCESS_KEY", "API_KEY", "CREDENTIAL")
+_CREDENTIAL_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "CREDENTIALS"}
+
+
+def looks_like_credential(name: str) -> bool:
+    """HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY: yes. TOKENIZERS_PARALLELISM, MAX_TOKENS,
+    HF_HUB_DISABLE_IMPLICIT_TOKEN (a switch): no."""
+    words = name.upper().split("_")
+    return "DISABLE" not in words and (words[-1] in _CREDENTIAL_WORDS or "SECRET" in words or "PASSWORD" in words)
 
 
 def _pattern(regex: str) -> dict[str, Any]:
@@ -655,7 +664,8 @@ class VolumeSpec(_Model):
     @classmethod
     def _mount(cls, v: str) -> str:
         taken = ("/dev/shm", "/etc/kubetune", "/var/cache/kubetune")
-        if not v.startswith("/") or v.rstrip("/") in ("", *taken):
+        path = v.rstrip("/")
+        if not v.startswith("/") or path == "" or any(path == t or path.startswith(t + "/") for t in taken):
             raise ValueError(f"'{v}' must be an absolute path other than /, {', '.join(taken)}")
         return v
 
@@ -695,7 +705,7 @@ class EnvVarSpec(_Model):
     def _one_source(self) -> EnvVarSpec:
         if (self.value is None) == (self.secret_key_ref is None):
             raise ValueError("set exactly one of value and secretKeyRef")
-        if self.value is not None and any(h in self.name.upper() for h in _CREDENTIAL_HINTS):
+        if self.value is not None and looks_like_credential(self.name):
             raise ValueError(
                 f"{self.name} looks like a credential: use secretKeyRef so it is not stored in plain text"
             )
@@ -758,20 +768,22 @@ class FineTuneJobSpec(_Model):
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue name (sets the kueue.x-k8s.io/queue-name label).",
-        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
+        max_length=63,
+        json_schema_extra=_pattern(LABEL_VALUE_PATTERN),
     )
     priority: str | None = Field(
         default=None,
         description="Kueue WorkloadPriorityClass name (sets the kueue.x-k8s.io/priority-class label).",
-        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
+        max_length=63,
+        json_schema_extra=_pattern(LABEL_VALUE_PATTERN),
     )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
 
     @field_validator("queue_name", "priority")
     @classmethod
     def _label_value(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not _DNS_LABEL.match(v)):
-            raise ValueError(f"'{v}' is not a valid name (lowercase letters, digits and '-', at most 63)")
+        if v is not None and (len(v) > 63 or not v or not _LABEL_VALUE.match(v)):
+            raise ValueError(f"'{v}' is not a valid label value (letters, digits, '-', '_', '.', at most 63)")
         return v
 
     @model_validator(mode="after")
@@ -788,8 +800,11 @@ class FineTuneJobSpec(_Model):
         names = [v.name for v in self.volumes or []]
         if len(set(names)) != len(names):
             raise ValueError("volumes: names must be unique")
+        paths = [v.mount_path.rstrip("/") for v in self.volumes or []]
+        if len(set(paths)) != len(paths):
+            raise ValueError("volumes: mountPath must be unique (the API server refuses such pods)")
         for key in self.network.nccl.env or {}:
-            if any(h in key.upper() for h in _CREDENTIAL_HINTS):
+            if looks_like_credential(key):
                 raise ValueError(
                     f"network.nccl.env.{key} looks like a credential: use spec.env with secretKeyRef instead"
                 )

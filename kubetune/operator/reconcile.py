@@ -8,7 +8,9 @@ status writers of one FineTuneJob take a per-job lock: the create handler and th
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, cast
@@ -20,6 +22,8 @@ from kubetune.operator import status as st
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
 from kubetune.render import MAX_JOB_NAME, RenderSettings, build_children, cluster_problems, short_name
+
+log = logging.getLogger("kubetune.operator")
 
 CRD_MISSING = (
     "The PyTorchJob API (pytorchjobs.kubeflow.org/v1) is not installed in this cluster. Install the "
@@ -81,6 +85,21 @@ class Reconciler:
             if status.get("pytorchJob") and not self._lost_pytorchjob(body):
                 return  # made before; later spec edits are the status watcher's (SpecApplied) business
             self._make_children(body, retry, recreate=bool(status.get("pytorchJob")))
+
+    def _recreate(self, body: dict[str, Any]) -> None:
+        """Re-create a deleted PyTorchJob. Kopf does not retry event handlers, so retry here, with
+        backoff, before giving up to the next event or the next operator start."""
+        for attempt in range(5):
+            try:
+                self._make_children(body, attempt, recreate=True)
+                return
+            except kopf.PermanentError:
+                raise  # a spec the user must fix: retrying cannot help
+            except Exception as exc:  # an API blip or the CRD being reinstalled
+                if attempt == 4:
+                    raise
+                log.warning("re-creating the PyTorchJob failed (%s); retrying in %ss", exc, 2**attempt)
+                time.sleep(2**attempt)
 
     def _make_children(self, body: dict[str, Any], retry: int, *, recreate: bool = False) -> None:
         """Validate, then create what is missing. Raises Kopf's errors: permanent for a spec the
@@ -199,7 +218,7 @@ class Reconciler:
                 if deleted is None or not _owned_by(deleted, uid):
                     return
                 if awaiting_result(status) and not _finished(deleted):
-                    self._make_children(body, 0, recreate=True)  # its creation event reports it
+                    self._recreate(body)  # its creation event reports it
                     return
                 pj = dict(deleted)
             if pj is not None and not _owned_by(pj, uid):

@@ -34,9 +34,10 @@ DEFAULT_MASTER_PORT = 23456
 # (<= 63 characters, starting with a letter), so the PyTorchJob name leaves room for the suffix.
 MAX_JOB_NAME = 63 - len("-worker-") - 4
 LABEL_JOB = "kubetune.io/finetunejob"
-# Kubeflow: restart on 130/137/138/143 (signals: preemption, OOM-kill, node loss), fail for good on
-# 1-127 (the launcher's codes for a bad config, data or model). See kubetune/trainer/launch.py.
-RESTART_POLICY = "ExitCode"
+# OnFailure, not ExitCode: Kubeflow v1.9 counts restarts against runPolicy.backoffLimit only for
+# OnFailure/Always, so with ExitCode a persistent retryable failure (an S3 outage, a bug that exits
+# 143) would restart forever. The launcher's exit codes still say which kind of failure it was.
+RESTART_POLICY = "OnFailure"
 ANNOTATION_CONFIG_HASH = "kubetune.io/config-hash"
 
 
@@ -251,8 +252,9 @@ def torchrun_args(config_path: str = CONFIG_PATH, shutdown_timeout: int = 270) -
     ]
 
 
-# The launcher runs torchrun and turns the workers' own exit codes into the container's, so that
-# Kubeflow's ExitCode restart policy retries preemption and S3 blips but not a bad dataset.
+# The launcher runs torchrun and turns the workers' own exit codes into the container's (torchrun
+# alone reports 1 for everything), so a pod's exit code says what failed: 2 bad config/data, 4 model,
+# 5 OOM, 6 NaN, 7 export check, 143 preemption and other retryable failures.
 LAUNCHER = ["python", "-m", "kubetune.trainer.launch"]
 
 

@@ -3,8 +3,10 @@
 torchrun turns any worker failure into exit 1, so on its own it cannot tell Kubeflow whether a
 failure is worth a restart. This wrapper runs torchrun with exactly the arguments it was given, lets
 every failing rank leave its own exit code in `$KUBETUNE_EXIT_DIR/rank-<RANK>` (failures.py), and
-maps the outcome to the container's exit code for `restartPolicy: ExitCode`, which restarts on 130,
-137, 138 and 143 and fails permanently on 1-127:
+maps the outcome to the container's exit code, in the convention of Kubeflow's
+`restartPolicy: ExitCode` (130, 137, 138, 143 retryable; 1-127 permanent). The rendered PyTorchJob
+uses `OnFailure` (Kubeflow v1.9 counts restarts against backoffLimit only for OnFailure/Always), so
+the code tells people and the operator what failed rather than steering the restarts:
 
 | outcome | exit |
 |---|---|
@@ -14,9 +16,9 @@ maps the outcome to the container's exit code for `restartPolicy: ExitCode`, whi
 | Ctrl-C on a local run | 130 |
 
 SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes them to its workers
-(they save a checkpoint at the next step and exit 143). torchrun kills workers still running after
-`TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (default 30); it is left as it is, because the same limit
-ends the surviving workers when one rank fails, and those only notice a SIGTERM at a step boundary.
+(they save a checkpoint at the next step and exit 143). The rendered command passes torchrun
+`--shutdown-timeout=270` inside the pod's 300 s termination grace period, so a preempted worker has
+time to finish its step and upload the checkpoint before torchrun escalates to SIGKILL.
 """
 
 from __future__ import annotations

@@ -172,7 +172,7 @@ def test_cel_rules_accept_every_example(path: Path) -> None:
     [
         ({"output": {"uri": "gs://bucket/x"}}, "does not match"),
         ({"resources": {"sharedMemory": "lots"}}, "does not match"),
-        ({"queueName": "Team_A"}, "does not match"),
+        ({"queueName": "-team-a"}, "does not match"),
     ],
 )
 def test_crd_patterns_reject_bad_strings(patch: dict[str, Any], fragment: str) -> None:

@@ -64,9 +64,27 @@ BAD = [
      "is set by kubetune/torchrun"),
     ("nccl-secret", _with({"network": {"nccl": {"env": {"WANDB_API_KEY": "x"}}}}), "spec",
      "network.nccl.env.WANDB_API_KEY looks like a credential"),
-    ("volume-path", _with({"volumes": [{"name": "m", "claimName": "c", "mountPath": "/dev/shm"}]}),
+    ("volume-path", _with({"volumes": [{"name": "m", "claimName": "c", "mountPath": "/dev/shm/x"}]}),
      "spec.volumes[0].mountPath", "must be an absolute path other than"),
+    ("volume-dup", _with({"volumes": [{"name": "a", "claimName": "c", "mountPath": "/models"},
+                                      {"name": "b", "claimName": "d", "mountPath": "/models/"}]}),
+     "spec", "mountPath must be unique"),
+    ("queue-name", _with({"queueName": "team a"}), "spec.queueName", "is not a valid label value"),
 ]
+
+
+@pytest.mark.parametrize(
+    ("name", "credential"),
+    [
+        ("HF_TOKEN", True), ("WANDB_API_KEY", True), ("AWS_SECRET_ACCESS_KEY", True), ("DB_PASSWORD", True),
+        ("TOKENIZERS_PARALLELISM", False), ("MAX_TOKENS", False), ("HF_HUB_DISABLE_IMPLICIT_TOKEN", False),
+        ("WANDB_PROJECT", False), ("NCCL_SOCKET_IFNAME", False),
+    ],
+)
+def test_credential_names_are_told_apart_from_ordinary_ones(name: str, credential: bool) -> None:
+    from kubetune.api.v1alpha1 import looks_like_credential
+
+    assert looks_like_credential(name) is credential
 
 
 @pytest.mark.parametrize(("case", "doc", "path", "message"), BAD, ids=[b[0] for b in BAD])

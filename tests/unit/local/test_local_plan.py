@@ -87,6 +87,13 @@ def test_each_local_node_gets_its_own_gpus(tmp_path: Path) -> None:
     p = local.plan(path, work_root=tmp_path, cuda_devices=4)
     assert p.env(0, base={})["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert p.env(1, base={})["CUDA_VISIBLE_DEVICES"] == "2,3"
+    # What the user made visible is respected: node 1 gets the user's 3rd and 4th devices.
+    assert p.env(1, base={"CUDA_VISIBLE_DEVICES": "4,5,6,7"})["CUDA_VISIBLE_DEVICES"] == "6,7"
+    # An override of the process count decides the GPUs per node, not the spec.
+    one_each = local.plan(path, work_root=tmp_path, nodes=2, procs_per_node=1, cuda_devices=4)
+    assert [one_each.env(r, base={})["CUDA_VISIBLE_DEVICES"] for r in (0, 1)] == ["0", "1"]
+    with pytest.raises(ValueError, match="need 6 GPUs"):
+        local.plan(path, work_root=tmp_path, nodes=2, procs_per_node=3, cuda_devices=4)
     assert "CUDA_VISIBLE_DEVICES" not in local.plan(QUICKSTART, work_root=tmp_path, cuda_devices=0).env(0, base={})
 
 

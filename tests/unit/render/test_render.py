@@ -90,7 +90,8 @@ def test_multi_node_job_has_master_and_workers_with_gpus_shm_and_nccl() -> None:
     # torchrun's default 30 s before SIGKILL would cut a preemption checkpoint short.
     assert "--shutdown-timeout=270" in container["args"]
     assert pod["terminationGracePeriodSeconds"] == 300
-    assert specs["Master"]["restartPolicy"] == specs["Worker"]["restartPolicy"] == "ExitCode"
+    # OnFailure: the only policy (with Always) whose restarts Kubeflow counts against backoffLimit.
+    assert specs["Master"]["restartPolicy"] == specs["Worker"]["restartPolicy"] == "OnFailure"
 
 
 def test_single_node_job_has_no_worker_section_and_cpu_job_no_gpu_toleration() -> None:
