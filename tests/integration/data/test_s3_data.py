@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +39,6 @@ WORKER = textwrap.dedent(
     print(json.dumps({"key": prepared.report.cache_key, "ids": ids, "rows": len(prepared.train)}))
     """
 )
-
-
-@pytest.fixture
-def s3_env(s3_server: Any) -> Iterator[Any]:
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env())
-    try:
-        yield s3_server
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def jsonl(rows: list[dict[str, Any]]) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,6 @@ import pytest
 from kubetune import storage
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def s3_env(s3_server: Any) -> Iterator[Any]:
-    saved = dict(os.environ)
-    os.environ.update(s3_server.env())
-    try:
-        yield s3_server
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def test_roundtrip_listing_and_prefix_semantics(s3_env: Any, tmp_path: Path) -> None:
