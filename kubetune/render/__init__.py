@@ -298,12 +298,13 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, An
     spec = job.spec
     res = spec.resources
     names = child_names(job)
+    command = trainer_command(settings)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": trainer_command(settings)[: len(LAUNCHER)],
-        "args": trainer_command(settings)[len(LAUNCHER) :],
+        "command": command[: len(LAUNCHER)],
+        "args": command[len(LAUNCHER) :],
         "env": trainer_env(job),
         "volumeMounts": [
             {"name": "dshm", "mountPath": "/dev/shm"},

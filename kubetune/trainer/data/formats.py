@@ -268,11 +268,18 @@ def _sharegpt(row: dict[str, Any], mapping: Mapping) -> Conversation:
         mapping.function_tag: "assistant",
         mapping.system_tag: "system",
     }
+    return _conversation(row, mapping, key, role_tag, content_tag, roles, "turn")
+
+
+def _conversation(
+    row: dict[str, Any], mapping: Mapping, key: str, role_tag: str, content_tag: str, roles: dict[str, str], word: str
+) -> Conversation:
+    """The turns under `key`, after the system column's message; `word` names a turn in errors."""
     messages = _system_message(row, mapping)
     for n, turn in enumerate(_turns(row, key), start=1):
         role, content = _turn(turn, n, role_tag, content_tag, roles)
         if role == "system" and (n != 1 or messages):
-            raise RowError(f"turn {n} is a system turn; only the first turn may be one")
+            raise RowError(f"turn {n} is a system {word}; only the first {word} may be one")
         messages.append({"role": role, "content": content})
     return Conversation(messages, _tools(row, mapping))
 
@@ -312,13 +319,7 @@ def _openai(row: dict[str, Any], mapping: Mapping) -> Conversation:
     key = mapping.messages_key("openai")
     role_tag, content_tag, user_tag, assistant_tag = mapping.openai_tags()
     roles = {user_tag: "user", assistant_tag: "assistant", "tool": "tool", "function": "tool", "system": "system"}
-    messages = _system_message(row, mapping)
-    for n, turn in enumerate(_turns(row, key), start=1):
-        role, content = _turn(turn, n, role_tag, content_tag, roles)
-        if role == "system" and (n != 1 or messages):
-            raise RowError(f"turn {n} is a system message; only the first message may be one")
-        messages.append({"role": role, "content": content})
-    return Conversation(messages, _tools(row, mapping))
+    return _conversation(row, mapping, key, role_tag, content_tag, roles, "message")
 
 
 # Which roles may follow which (None = the start of the conversation, after the system message).
