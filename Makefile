@@ -51,8 +51,11 @@ test-unit: setup  ## fast unit tests only
 test-integration: setup  ## integration tests only
 	$(call run_pytest,tests -m integration)
 
-lint: setup  ## ruff
-	$(BIN)/ruff check kubetune tests bench examples
+LINT_PATHS := kubetune tests bench examples scripts
+
+lint: setup  ## ruff (lint and format check)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 typecheck: setup  ## mypy
 	$(BIN)/mypy

@@ -110,7 +110,9 @@ def main() -> None:
     parser.add_argument("--cutoff-len", type=int, default=1024)
     parser.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: by data size)")
     parser.add_argument(
-        "--repeat", type=int, default=3,
+        "--repeat",
+        type=int,
+        default=3,
         help="alternate the two measurements this many times and keep each one's best (machines are shared)",
     )
     args = parser.parse_args()
@@ -157,17 +159,25 @@ def main() -> None:
     report = prepared.report
     summary = report.summary()
     pipeline_rate, naive_rate = args.rows / pipeline_s, args.rows / naive_s
-    print(f"rows: {args.rows} ({summary['formats']}), cpus: {os.cpu_count()}, cutoffLen {args.cutoff_len}, "
-          f"best of {args.repeat}")
-    print(f"pipeline: {pipeline_s:6.2f} s  {pipeline_rate:9.0f} rows/s  -> {len(prepared.train)} packed rows, "
-          f"{summary['totalTokens']} tokens, {summary['trainableTokens']} trainable")
+    print(
+        f"rows: {args.rows} ({summary['formats']}), cpus: {os.cpu_count()}, cutoffLen {args.cutoff_len}, "
+        f"best of {args.repeat}"
+    )
+    print(
+        f"pipeline: {pipeline_s:6.2f} s  {pipeline_rate:9.0f} rows/s  -> {len(prepared.train)} packed rows, "
+        f"{summary['totalTokens']} tokens, {summary['trainableTokens']} trainable"
+    )
     print(f"naive:    {naive_s:6.2f} s  {naive_rate:9.0f} rows/s  -> {rows_naive} packed rows ({n_naive} examples)")
     print(f"speed-up: {pipeline_rate / naive_rate:.1f}x; cache reload (another rank / a restart): {reload_s:.2f} s")
-    print(f"cpu time (all processes, less sensitive to other load): pipeline {pipeline_cpu:.2f} s, "
-          f"naive {naive_cpu:.2f} s ({naive_cpu / pipeline_cpu:.1f}x less work)")
+    print(
+        f"cpu time (all processes, less sensitive to other load): pipeline {pipeline_cpu:.2f} s, "
+        f"naive {naive_cpu:.2f} s ({naive_cpu / pipeline_cpu:.1f}x less work)"
+    )
     packing = report.packing
-    print(f"padding: unpacked {packing['unpacked']['padToLongest']:.1%} (to longest in batch), "
-          f"{packing['unpacked']['padToCutoff']:.1%} (to cutoff); packed {packing['packed']['padToCutoff']:.1%}")
+    print(
+        f"padding: unpacked {packing['unpacked']['padToLongest']:.1%} (to longest in batch), "
+        f"{packing['unpacked']['padToCutoff']:.1%} (to cutoff); packed {packing['packed']['padToCutoff']:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,23 @@ from typing import Any
 
 import yaml
 
-_WORDS = ["the", "model", "trains", "on", "a", "small", "cluster", "and", "answers", "questions", "about",
-          "numbers", "plus", "minus", "times"]
+_WORDS = [
+    "the",
+    "model",
+    "trains",
+    "on",
+    "a",
+    "small",
+    "cluster",
+    "and",
+    "answers",
+    "questions",
+    "about",
+    "numbers",
+    "plus",
+    "minus",
+    "times",
+]
 
 
 def conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -36,10 +51,14 @@ def conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         answer = " ".join(rng.choice(_WORDS) for _ in range(rng.choice([4, 8, 16, 48, 96])))
-        rows.append({"messages": [
-            {"role": "user", "content": f"Question {i}: what is {i % 9} plus {i % 7}?"},
-            {"role": "assistant", "content": answer},
-        ]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}: what is {i % 9} plus {i % 7}?"},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+        )
     return rows
 
 
@@ -66,17 +85,31 @@ def bench_training(work: Path, model_dir: Path, data: Path, packing: bool, steps
             "datasets": [{"source": str(data), "format": "openai"}],
             "template": "chatml",
             "method": {"type": "lora", "lora": {"rank": 16, "alpha": 32}},
-            "training": {"maxSteps": steps, "perDeviceBatchSize": 4, "gradientAccumulationSteps": 1,
-                         "cutoffLen": 512, "packing": packing, "precision": "fp32", "gradientCheckpointing": False,
-                         "checkpointEverySteps": 10_000, "loggingSteps": 5, "learningRate": 1e-3},
+            "training": {
+                "maxSteps": steps,
+                "perDeviceBatchSize": 4,
+                "gradientAccumulationSteps": 1,
+                "cutoffLen": 512,
+                "packing": packing,
+                "precision": "fp32",
+                "gradientCheckpointing": False,
+                "checkpointEverySteps": 10_000,
+                "loggingSteps": 5,
+                "learningRate": 1e-3,
+            },
             "resources": {"gpusPerNode": 0},
             "output": {"uri": str(output), "merge": False},
         },
     }
     config = work / f"job-{packing}.yaml"
     config.write_text(yaml.safe_dump(job))
-    env = {**os.environ, "KUBETUNE_CACHE_DIR": str(work / f"cache-{packing}-{attempt}"), "OMP_NUM_THREADS": "2",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "KUBETUNE_CACHE_DIR": str(work / f"cache-{packing}-{attempt}"),
+        "OMP_NUM_THREADS": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     code, wall, rss, tail = run_measured([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], env)
     if code != 0:
         raise SystemExit(f"training run failed ({code}):\n{tail}")
@@ -161,7 +194,10 @@ def bench_merge(work: Path, hidden: int, layers: int) -> dict[str, Any]:
     for how in ("stream", "peft"):
         proc = subprocess.run(
             [sys.executable, "-c", _MERGE_CHILD, str(base), str(work / "merge-adapter"), str(work / how), how],
-            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}, check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2"},
+            check=True,
         )
         numbers = json.loads(proc.stdout.strip().splitlines()[-1])
         result[how] = {
@@ -195,8 +231,11 @@ def main() -> None:
         data.write_text("".join(json.dumps(r) + "\n" for r in conversations(args.rows)))
         results: dict[str, Any] = {"model": {"hiddenSize": args.hidden, "layers": args.layers}}
         if args.only != "merge":
-            runs = [bench_training(work, model_dir, data, p, args.steps, i)
-                    for i in range(args.repeat) for p in (False, True)]
+            runs = [
+                bench_training(work, model_dir, data, p, args.steps, i)
+                for i in range(args.repeat)
+                for p in (False, True)
+            ]
             results["training"] = runs
             results["bestTokensPerSecond"] = {
                 f"packing={p}": max(r["tokensPerSecond"] for r in runs if r["packing"] == p) for p in (False, True)

@@ -54,8 +54,7 @@ class LocalPlan:
             {
                 "KUBETUNE_CONFIG": str(self.config_path),
                 "KUBETUNE_TERMINATION_LOG": str(self.work_dir / "termination-log"),
-                "KUBETUNE_CACHE_DIR": env.get("KUBETUNE_LOCAL_CACHE_DIR")
-                or str(Path.home() / ".cache" / "kubetune"),
+                "KUBETUNE_CACHE_DIR": env.get("KUBETUNE_LOCAL_CACHE_DIR") or str(Path.home() / ".cache" / "kubetune"),
                 "PET_NNODES": str(self.nodes),
                 "PET_NPROC_PER_NODE": str(self.procs_per_node),
                 "PET_NODE_RANK": str(node_rank),
@@ -235,6 +234,7 @@ def _kill_tree(pid: int) -> None:
             child.kill()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
 
 def failure_line(p: LocalPlan) -> str | None:
     path = p.work_dir / "termination-log"

@@ -149,7 +149,13 @@ class StatusReporter:
         try:
             custom = self._client()
             custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURAL, self.name, body, _content_type=MERGE_PATCH,
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
+                body,
+                _content_type=MERGE_PATCH,
                 _request_timeout=self.request_timeout,
             )
         except Exception as exc:  # any API/network failure: keep training, retry with the next report

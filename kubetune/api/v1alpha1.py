@@ -56,6 +56,8 @@ def looks_like_credential(name: str) -> bool:
 
 def _pattern(regex: str) -> dict[str, Any]:
     return {"pattern": regex}
+
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
@@ -215,9 +217,7 @@ class ModelSpec(_Model):
         min_length=1,
         json_schema_extra=_pattern(SOURCE_PATTERN),
     )
-    revision: str | None = Field(
-        default=None, description="Hub revision (branch, tag or commit). Only for hub ids."
-    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit). Only for hub ids.")
     trust_remote_code: bool = Field(
         default=False,
         description="Allow the model repository's own Python code to run. Off unless you trust the source.",
@@ -588,12 +588,8 @@ class SecretKeyRefs(_Model):
         json_schema_extra=_pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
     )
     access_key_id_key: str = Field(default="AWS_ACCESS_KEY_ID", description="Key of the access key id.")
-    secret_access_key_key: str = Field(
-        default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key."
-    )
-    session_token_key: str | None = Field(
-        default=None, description="Key of a session token, if the Secret has one."
-    )
+    secret_access_key_key: str = Field(default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key.")
+    session_token_key: str | None = Field(default=None, description="Key of a session token, if the Secret has one.")
 
     @field_validator("name")
     @classmethod
@@ -706,9 +702,7 @@ class EnvVarSpec(_Model):
         if (self.value is None) == (self.secret_key_ref is None):
             raise ValueError("set exactly one of value and secretKeyRef")
         if self.value is not None and looks_like_credential(self.name):
-            raise ValueError(
-                f"{self.name} looks like a credential: use secretKeyRef so it is not stored in plain text"
-            )
+            raise ValueError(f"{self.name} looks like a credential: use secretKeyRef so it is not stored in plain text")
         return self
 
 
@@ -790,9 +784,7 @@ class FineTuneJobSpec(_Model):
     def _cross_field(self) -> FineTuneJobSpec:
         ds = self.training.deepspeed
         if self.method.type == MethodType.qlora.value and ds.stage == DeepSpeedStage.zero3.value:
-            raise ValueError(
-                "method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none"
-            )
+            raise ValueError("method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none")
         if self.resources.gpus_per_node == 0 and self.training.precision == Precision.fp16.value:
             raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
         if not any(d.split == DatasetSplit.train.value for d in self.datasets):
@@ -834,9 +826,7 @@ class Progress(_Model):
 
     model_config = ConfigDict(extra="allow")
 
-    stage: str | None = Field(
-        default=None, description="preparing, training, exporting, uploading, done or failed."
-    )
+    stage: str | None = Field(default=None, description="preparing, training, exporting, uploading, done or failed.")
     step: int | None = Field(default=None, description="Optimizer steps done.")
     total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
     epoch: float | None = Field(default=None, description="Epochs done (fractional).")

@@ -33,11 +33,17 @@ def register(subparsers: Any) -> None:
     check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
     check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
     check.add_argument(
-        "--column", action="append", default=[], metavar="KEY=NAME",
+        "--column",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
         help="LLaMA-Factory column mapping, e.g. --column prompt=question --column messages=dialog",
     )
     check.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="LLaMA-Factory sharegpt tag mapping, e.g. --tag role_tag=role --tag assistant_tag=bot",
     )
     check.add_argument("--endpoint-url", help="S3 endpoint (MinIO/Ceph/SeaweedFS); default AWS_ENDPOINT_URL")
@@ -86,8 +92,15 @@ def run_check(args: argparse.Namespace) -> int:
         tokenizer = _load_tokenizer(args.model, opts)
         template = resolve_template(args.template, tokenizer)
         report, preview = check_file(
-            args.source, tokenizer, template, format=args.format, columns=columns or None, tags=tags or None,
-            cutoff_len=args.cutoff_len, train_on=args.train_on, storage=opts,
+            args.source,
+            tokenizer,
+            template,
+            format=args.format,
+            columns=columns or None,
+            tags=tags or None,
+            cutoff_len=args.cutoff_len,
+            train_on=args.train_on,
+            storage=opts,
         )
     except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

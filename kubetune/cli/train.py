@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--config", default=os.environ.get("KUBETUNE_CONFIG"),
+        "--config",
+        default=os.environ.get("KUBETUNE_CONFIG"),
         help="FineTuneJob YAML (default $KUBETUNE_CONFIG)",
     )
     parser.set_defaults(func=handle)

@@ -170,4 +170,3 @@ class S3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

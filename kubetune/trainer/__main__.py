@@ -11,7 +11,8 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune.trainer", description=__doc__)
     parser.add_argument(
-        "--config", default=os.environ.get("KUBETUNE_CONFIG"),
+        "--config",
+        default=os.environ.get("KUBETUNE_CONFIG"),
         help="FineTuneJob YAML (the rendered ConfigMap, or a user file); default $KUBETUNE_CONFIG",
     )
     args = parser.parse_args(argv)

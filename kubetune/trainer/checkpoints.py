@@ -110,8 +110,11 @@ def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions, run_id: s
     mine = owned(prefix, complete, run_id, opts)
     if not mine:
         if complete:
-            log.warning("checkpoints under %s belong to a different configuration; starting fresh "
-                        "(delete them or change output.uri)", prefix)
+            log.warning(
+                "checkpoints under %s belong to a different configuration; starting fresh "
+                "(delete them or change output.uri)",
+                prefix,
+            )
         return None
     step = mine[-1]
     dest = local_dir / f"checkpoint-{step}"
@@ -195,8 +198,9 @@ class StopWhenFinished(TrainerCallback):
 class CheckpointSync(TrainerCallback):
     """Upload each saved checkpoint, mark it complete, prune; stop and save on preemption."""
 
-    def __init__(self, prefix: str, keep: int, opts: StorageOptions, dist: Distributed,
-                 preemption: Preemption, run_id: str) -> None:
+    def __init__(
+        self, prefix: str, keep: int, opts: StorageOptions, dist: Distributed, preemption: Preemption, run_id: str
+    ) -> None:
         self.prefix = prefix
         self.run_id = run_id
         self.keep = keep
@@ -227,8 +231,7 @@ class CheckpointSync(TrainerCallback):
             upload_dir(local, checkpoint_uri(self.prefix, step), self.opts)
         barrier()
         if self.dist.is_main:
-            write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, marker_text(step, self.run_id),
-                        self.opts)
+            write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, marker_text(step, self.run_id), self.opts)
             pruned = prune(self.prefix, self.keep, self.opts, self.run_id)
             log.info("checkpoint %d uploaded%s", step, f", pruned {pruned}" if pruned else "")
         self.uploaded.append(step)

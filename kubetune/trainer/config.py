@@ -16,14 +16,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kubetune.trainer")
 
-_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
     """'5GB' -> bytes (the same units as the spec's shardSize)."""
     number = text.rstrip("KMGTiB ")
-    unit = text[len(number):].strip()
+    unit = text[len(number) :].strip()
     return int(float(number) * _SIZE_UNITS[unit])
 
 

@@ -42,9 +42,18 @@ class Probe:
 
 # safetensors dtype name -> (torch dtype name, bytes per element)
 _DTYPES = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
-    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
 _BY_TORCH = {torch_name: st for st, (torch_name, _) in _DTYPES.items()}
 
@@ -73,7 +82,8 @@ def weight_files(model_dir: Path) -> list[Path]:
     if single.exists():
         return [single]
     raise TrainerError(
-        ExitCode.EXPORT, f"no safetensors weights in {model_dir}",
+        ExitCode.EXPORT,
+        f"no safetensors weights in {model_dir}",
         "the base model must be saved as safetensors (save_pretrained(..., safe_serialization=True))",
     )
 
@@ -181,8 +191,11 @@ def write_safetensors(path: Path, infos: list[TensorInfo], produce: Callable[[Te
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for info in infos:
-        header[info.name] = {"dtype": info.dtype, "shape": list(info.shape),
-                             "data_offsets": [offset, offset + info.nbytes]}
+        header[info.name] = {
+            "dtype": info.dtype,
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
@@ -193,20 +206,24 @@ def write_safetensors(path: Path, infos: list[TensorInfo], produce: Callable[[Te
             tensor = produce(info)
             dtype = _BY_TORCH.get(str(tensor.dtype).removeprefix("torch."))
             if tuple(tensor.shape) != info.shape or dtype != info.dtype:
-                raise TrainerError(ExitCode.EXPORT, f"tensor {info.name} changed shape or dtype while exporting",
-                                   "report a bug: the export plan and the weights disagree")
+                raise TrainerError(
+                    ExitCode.EXPORT,
+                    f"tensor {info.name} changed shape or dtype while exporting",
+                    "report a bug: the export plan and the weights disagree",
+                )
             fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
-def write_sharded(out_dir: Path, infos: list[TensorInfo], shard_bytes: int,
-                  produce: Callable[[TensorInfo], Any]) -> list[str]:
+def write_sharded(
+    out_dir: Path, infos: list[TensorInfo], shard_bytes: int, produce: Callable[[TensorInfo], Any]
+) -> list[str]:
     """save_pretrained's layout (model.safetensors, or model-0000i-of-0000n + index), streamed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = plan_shards(infos, shard_bytes)
     count = len(shards)
-    names = ["model.safetensors"] if count == 1 else [
-        f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
-    ]
+    names = (
+        ["model.safetensors"] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+    )
     for name, shard in zip(names, shards, strict=True):
         write_safetensors(out_dir / name, shard, produce)
     if count > 1:
@@ -225,7 +242,8 @@ def stream_merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, shard_
     missing = sorted(set(pairs) - {i.name for i in infos})
     if missing:
         raise TrainerError(
-            ExitCode.EXPORT, f"adapter weights for {missing[:3]} have no matching base weight",
+            ExitCode.EXPORT,
+            f"adapter weights for {missing[:3]} have no matching base weight",
             "the adapter was trained on a different base model",
         )
     reader = TensorReader()
@@ -255,8 +273,9 @@ def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, shard_size: str
 def resave_weights(src_dir: Path, out_dir: Path, shard_bytes: int, dtype: Any) -> list[str]:
     """Full fine-tuning: re-shard the trained weights, floating ones cast to the base model's dtype."""
     target = _BY_TORCH[str(dtype).removeprefix("torch.")]
-    infos = [TensorInfo(i.name, target if _is_float(i.dtype) else i.dtype, i.shape, i.file)
-             for i in tensor_infos(src_dir)]
+    infos = [
+        TensorInfo(i.name, target if _is_float(i.dtype) else i.dtype, i.shape, i.file) for i in tensor_infos(src_dir)
+    ]
     reader = TensorReader()
 
     def cast(info: TensorInfo) -> Any:
@@ -334,8 +353,10 @@ def check_template(tokenizer: Any, probe: Probe) -> None:
     rendered = list(tokenizer.apply_chat_template(probe.messages, tokenize=True, return_dict=False))
     if rendered == probe.input_ids:
         return
-    at = next((i for i, (x, y) in enumerate(zip(rendered, probe.input_ids, strict=False)) if x != y),
-              min(len(rendered), len(probe.input_ids)))
+    at = next(
+        (i for i, (x, y) in enumerate(zip(rendered, probe.input_ids, strict=False)) if x != y),
+        min(len(rendered), len(probe.input_ids)),
+    )
     got = tokenizer.decode(rendered[at : at + 8])
     want = tokenizer.decode(probe.input_ids[at : at + 8])
     raise TrainerError(
@@ -371,6 +392,9 @@ def verify_export(model_dir: Path, probe: Probe, *, base_dir: Path | None = None
         out = model.generate(**ids, max_new_tokens=8, do_sample=False)
         logits = model(input_ids=out).logits
     if not torch.isfinite(logits).all():
-        raise TrainerError(ExitCode.EXPORT, f"the exported model in {model_dir} produces non-finite logits",
-                           "the merge or training diverged; lower the learning rate and retrain")
+        raise TrainerError(
+            ExitCode.EXPORT,
+            f"the exported model in {model_dir} produces non-finite logits",
+            "the merge or training diverged; lower the learning rate and retrain",
+        )
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :]))

@@ -76,16 +76,19 @@ def classify(exc: BaseException) -> TrainerError:
         return TrainerError(ExitCode.CONFIG, f"invalid FineTuneJob ({exc})", "fix the spec and resubmit")
     if name == "DataValidationError":
         return TrainerError(
-            ExitCode.CONFIG, f"invalid training data ({one_line(str(exc), 600)})",
+            ExitCode.CONFIG,
+            f"invalid training data ({one_line(str(exc), 600)})",
             "fix the rows named above, or set data.invalidRows: skip",
         )
     if name == "StorageError":
         return TrainerError(
-            ExitCode.STORAGE, f"object storage failed ({one_line(str(exc), 600)})",
+            ExitCode.STORAGE,
+            f"object storage failed ({one_line(str(exc), 600)})",
             "check storage.endpoint, the credentials Secret, the bucket name and that the bucket is reachable",
         )
     return TrainerError(
-        ExitCode.INTERNAL, f"unexpected {name}: {one_line(str(exc), 600)}",
+        ExitCode.INTERNAL,
+        f"unexpected {name}: {one_line(str(exc), 600)}",
         "see the trainer log above; report a bug if the spec and data look right",
     )
 

@@ -88,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
     if code != torchrun_code:
-        print(f"kubetune launch: torchrun exited {torchrun_code}; container exit code {code}",
-              file=sys.stderr, flush=True)
+        print(
+            f"kubetune launch: torchrun exited {torchrun_code}; container exit code {code}", file=sys.stderr, flush=True
+        )
     return code
 
 

@@ -18,9 +18,18 @@ if TYPE_CHECKING:
 MANIFEST_KIND = "FineTuneManifest"
 
 
-def build_manifest(*, root: str, files: list[UploadedFile], job: dict[str, Any], base_model: dict[str, Any],
-                   method: str, template: str, outputs: dict[str, str], metrics: dict[str, Any],
-                   data_report: dict[str, Any] | None) -> dict[str, Any]:
+def build_manifest(
+    *,
+    root: str,
+    files: list[UploadedFile],
+    job: dict[str, Any],
+    base_model: dict[str, Any],
+    method: str,
+    template: str,
+    outputs: dict[str, str],
+    metrics: dict[str, Any],
+    data_report: dict[str, Any] | None,
+) -> dict[str, Any]:
     prefix = root.rstrip("/") + "/"
     return {
         "apiVersion": API_VERSION,

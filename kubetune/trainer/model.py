@@ -35,7 +35,8 @@ def fetch_model(cfg: RunConfig) -> Path:
         path = Path(source.removeprefix("file://")).expanduser()
         if not (path / "config.json").is_file():
             raise TrainerError(
-                ExitCode.MODEL, f"no model at {source} (config.json not found)",
+                ExitCode.MODEL,
+                f"no model at {source} (config.json not found)",
                 "check spec.model.source and that the volume holding it is mounted",
             )
         return path
@@ -88,12 +89,14 @@ def _fetch_hub(repo_id: str, revision: str | None) -> Path:
         )
     except RepositoryNotFoundError:
         raise TrainerError(
-            ExitCode.MODEL, f"model {repo_id} not found on the hub",
+            ExitCode.MODEL,
+            f"model {repo_id} not found on the hub",
             "check spec.model.source, or set HF_TOKEN for a gated/private model",
         ) from None
     except LocalEntryNotFoundError:
         raise TrainerError(
-            ExitCode.MODEL, f"model {repo_id} is not in the local cache and the hub is unreachable or offline",
+            ExitCode.MODEL,
+            f"model {repo_id} is not in the local cache and the hub is unreachable or offline",
             "pre-fill the cache, use an s3:// or path source, or allow hub access",
         ) from None
     except HfHubHTTPError as exc:
@@ -146,7 +149,8 @@ def load_model(model_dir: Path, cfg: RunConfig) -> Any:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as exc:
         raise TrainerError(
-            ExitCode.MODEL, f"cannot load the model from {cfg.spec.model.source} ({exc})",
+            ExitCode.MODEL,
+            f"cannot load the model from {cfg.spec.model.source} ({exc})",
             "check that it is a causal LM saved with save_pretrained (safetensors), and "
             "spec.model.trustRemoteCode for custom architectures",
         ) from None

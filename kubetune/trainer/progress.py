@@ -51,8 +51,9 @@ def _reporter() -> Any:
 class ProgressSink:
     """Where rank 0's events go. Never raises: progress must not fail a training run."""
 
-    def __init__(self, local_path: Path, remote_uri: str | None, opts: StorageOptions | None,
-                 upload_every_s: float = 30.0) -> None:
+    def __init__(
+        self, local_path: Path, remote_uri: str | None, opts: StorageOptions | None, upload_every_s: float = 30.0
+    ) -> None:
         self.local_path = local_path
         self.remote_uri = remote_uri
         self.opts = opts
@@ -174,16 +175,17 @@ class ProgressCallback(TrainerCallback):
         self._last = (self._t0, state.num_input_tokens_seen)
         if self.sink is not None:
             self.sink.open_bar(state.max_steps, state.global_step)
-            self.sink.emit(progress_event("training", step=state.global_step, total=state.max_steps,
-                                          message="training"), force=True)
+            self.sink.emit(
+                progress_event("training", step=state.global_step, total=state.max_steps, message="training"),
+                force=True,
+            )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         bar = self.sink.bar if self.sink is not None else None
         if bar is not None:
             bar.update(state.global_step - bar.n)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
         check_loss(logs.get("loss"), state.global_step)
         self.last_loss = logs.get("loss", self.last_loss)
@@ -197,14 +199,22 @@ class ProgressCallback(TrainerCallback):
         done = state.global_step - self._start_step
         eta = (now - self._t0) / done * (state.max_steps - state.global_step) if done else None
         event = progress_event(
-            "training", step=state.global_step, total=state.max_steps, epoch=round(state.epoch or 0.0, 4),
-            loss=logs.get("loss"), evalLoss=logs.get("eval_loss"), learningRate=logs.get("learning_rate"),
-            tokensPerSecond=round(tps, 1) if "loss" in logs else None, etaSeconds=eta, message="training",
+            "training",
+            step=state.global_step,
+            total=state.max_steps,
+            epoch=round(state.epoch or 0.0, 4),
+            loss=logs.get("loss"),
+            evalLoss=logs.get("eval_loss"),
+            learningRate=logs.get("learning_rate"),
+            tokensPerSecond=round(tps, 1) if "loss" in logs else None,
+            etaSeconds=eta,
+            message="training",
         )
         self.sink.emit(event)
         if self.sink.bar is not None:
-            self.sink.bar.set_postfix({k: v for k, v in (("loss", event.get("loss")),
-                                                    ("eval", event.get("evalLoss"))) if v is not None})
+            self.sink.bar.set_postfix(
+                {k: v for k, v in (("loss", event.get("loss")), ("eval", event.get("evalLoss"))) if v is not None}
+            )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.sink is not None:

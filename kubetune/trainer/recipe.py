@@ -105,8 +105,13 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
 
     _stage(sink, "preparing", "preparing data")
     prepared = prepare_data(
-        cfg.spec, tokenizer, cache_dir=cfg.cache_dir / "data", cache_uri=cfg.output.cache,
-        rank=cfg.dist.rank, world_size=cfg.dist.world_size, storage=cfg.storage,
+        cfg.spec,
+        tokenizer,
+        cache_dir=cfg.cache_dir / "data",
+        cache_uri=cfg.output.cache,
+        rank=cfg.dist.rank,
+        world_size=cfg.dist.world_size,
+        storage=cfg.storage,
     )
     probe = _probe(cfg, prepared.template, tokenizer)  # before apply_to: exactly what tokenization saw
     prepared.template.apply_to(tokenizer)  # training and export share one tokenizer setup
@@ -117,13 +122,23 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
     if sink is not None and resume is not None:
         sink.continue_history(int(resume.name.split("-")[1]))
     model = load_model(base_dir, cfg)
-    sync = CheckpointSync(cfg.output.checkpoints, cfg.spec.training.keep_checkpoints, cfg.storage, cfg.dist,
-                          preemption, run_identity(cfg.spec))
+    sync = CheckpointSync(
+        cfg.output.checkpoints,
+        cfg.spec.training.keep_checkpoints,
+        cfg.storage,
+        cfg.dist,
+        preemption,
+        run_identity(cfg.spec),
+    )
     progress = ProgressCallback(sink)
     trainer = SFTTrainer(
-        model=model, args=args, data_collator=DataCollator(tokenizer.pad_token_id),
-        train_dataset=prepared.train, eval_dataset=_non_empty(prepared.eval),
-        processing_class=tokenizer, callbacks=[progress, sync, StopWhenFinished()],
+        model=model,
+        args=args,
+        data_collator=DataCollator(tokenizer.pad_token_id),
+        train_dataset=prepared.train,
+        eval_dataset=_non_empty(prepared.eval),
+        processing_class=tokenizer,
+        callbacks=[progress, sync, StopWhenFinished()],
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
     try:
@@ -134,7 +149,8 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
         result = None
     if preemption.requested:
         raise TrainerError(
-            ExitCode.PREEMPTED, f"stopped by SIGTERM at step {trainer.state.global_step}",
+            ExitCode.PREEMPTED,
+            f"stopped by SIGTERM at step {trainer.state.global_step}",
             "a checkpoint was saved; the restarted pod resumes from it",
         )
     metrics = _final_metrics(trainer, result, progress, resume)
@@ -213,8 +229,11 @@ def ddp_timeout(env: dict[str, str] | None = None) -> int:
     except ValueError:
         seconds = 0
     if seconds <= 0:
-        raise TrainerError(ExitCode.CONFIG, f"KUBETUNE_DDP_TIMEOUT_S={value!r} is not a positive number of seconds",
-                           "set it to e.g. 14400, or unset it for the 4-hour default")
+        raise TrainerError(
+            ExitCode.CONFIG,
+            f"KUBETUNE_DDP_TIMEOUT_S={value!r} is not a positive number of seconds",
+            "set it to e.g. 14400, or unset it for the 4-hour default",
+        )
     return seconds
 
 
@@ -286,10 +305,13 @@ def export_and_upload(cfg: RunConfig, trained: Trained, sink: ProgressSink | Non
     _stage(sink, "uploading", "uploading model, adapter and reports")
     uploaded, outputs = upload_outputs(cfg, exported, sink)
     manifest = build_manifest(
-        root=cfg.output.root, files=uploaded,
+        root=cfg.output.root,
+        files=uploaded,
         job={"name": cfg.job.name, "namespace": cfg.job.namespace, "uid": cfg.job.metadata.uid},
         base_model={"source": cfg.spec.model.source, "revision": cfg.spec.model.revision},
-        method=cfg.method, template=str(cfg.spec.template), outputs=outputs,
+        method=cfg.method,
+        template=str(cfg.spec.template),
+        outputs=outputs,
         metrics={**trained.metrics, "exportSample": sample},
         data_report=trained.prepared.report.summary(),
     )
@@ -298,8 +320,14 @@ def export_and_upload(cfg: RunConfig, trained: Trained, sink: ProgressSink | Non
     if sink is not None:
         sink.report(outputs=outputs)
         total = trained.metrics["steps"]
-        sink.stage("done", f"model ready at {outputs.get('model', outputs.get('adapter'))}", step=total,
-                   total=total, loss=trained.metrics.get("trainLoss"), evalLoss=trained.metrics.get("evalLoss"))
+        sink.stage(
+            "done",
+            f"model ready at {outputs.get('model', outputs.get('adapter'))}",
+            step=total,
+            total=total,
+            loss=trained.metrics.get("trainLoss"),
+            evalLoss=trained.metrics.get("evalLoss"),
+        )
     log.info("done: manifest at %s", cfg.output.manifest)
 
 
@@ -339,8 +367,10 @@ def check_export(cfg: RunConfig, trained: Trained, exported: dict[str, Path]) ->
 
     merged = "model" in exported
     sample = verify_export(
-        exported["model"] if merged else exported["adapter"], trained.probe,
-        base_dir=None if merged else trained.base_dir, trust=cfg.spec.model.trust_remote_code,
+        exported["model"] if merged else exported["adapter"],
+        trained.probe,
+        base_dir=None if merged else trained.base_dir,
+        trust=cfg.spec.model.trust_remote_code,
     )
     log.info("export check passed; greedy sample: %r", sample)
     return sample
@@ -362,8 +392,7 @@ def upload_outputs(
     if sink is not None and sink.plot_loss(cfg.work_dir / "loss.png"):
         uploaded.append(upload_file(cfg.work_dir / "loss.png", cfg.output.loss_plot, cfg.storage))
         outputs["lossPlot"] = cfg.output.loss_plot
-    outputs.update(checkpoints=cfg.output.checkpoints, dataReport=cfg.output.data_report,
-                   manifest=cfg.output.manifest)
+    outputs.update(checkpoints=cfg.output.checkpoints, dataReport=cfg.output.data_report, manifest=cfg.output.manifest)
     return uploaded, outputs
 
 

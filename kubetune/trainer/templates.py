@@ -247,8 +247,12 @@ def render(
 
     compiled, flat_globals = _compiled(template.jinja)
     variables = {
-        **flat_globals, "messages": messages, "tools": tools, "documents": None,
-        "add_generation_prompt": add_generation_prompt, **special_tokens,
+        **flat_globals,
+        "messages": messages,
+        "tools": tools,
+        "documents": None,
+        "add_generation_prompt": add_generation_prompt,
+        **special_tokens,
     }
     # What jinja's Template.render does, but with the globals flattened once: its own context set-up walks
     # a ChainMap of them twice per call, a third of the cost of rendering a short conversation.

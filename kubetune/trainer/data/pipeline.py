@@ -89,8 +89,9 @@ class _Source:
                 return
 
 
-def _fetch_source(source: str, split: str, fmt: str, mapping: Mapping, max_samples: int | None,
-                  opts: st.StorageOptions | None) -> _Source:
+def _fetch_source(
+    source: str, split: str, fmt: str, mapping: Mapping, max_samples: int | None, opts: st.StorageOptions | None
+) -> _Source:
     src = _Source(source, split, fmt, mapping, max_samples)
     try:
         if is_hub_id(source):
@@ -172,8 +173,9 @@ def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -
 
 def _mix(parts: list[_Checked], strategy: str) -> tuple[list[Conversation], list[tuple[str, int]]]:
     if strategy == "interleave":
-        order = [(p, i) for i in range(max((len(p.convs) for p in parts), default=0)) for p in parts
-                 if i < len(p.convs)]
+        order = [
+            (p, i) for i in range(max((len(p.convs) for p in parts), default=0)) for p in parts if i < len(p.convs)
+        ]
     else:
         order = [(p, i) for p in parts for i in range(len(p.convs))]
     return [p.convs[i] for p, i in order], [p.origins[i] for p, i in order]
@@ -193,8 +195,13 @@ def _require_fast(tokenizer: Any) -> None:
 
 
 def _tokenize(
-    convs: list[Conversation], tokenizer: Any, template: ChatTemplate, cutoff_len: int, train_on: str,
-    num_proc: int | None, fingerprint: str,
+    convs: list[Conversation],
+    tokenizer: Any,
+    template: ChatTemplate,
+    cutoff_len: int,
+    train_on: str,
+    num_proc: int | None,
+    fingerprint: str,
 ) -> Any:
     import datasets
     import pyarrow as pa
@@ -394,8 +401,7 @@ def _fail_if_invalid(report: DataReport, policy: str) -> None:
     if report.invalid and policy == "fail":
         raise DataValidationError(report.invalid_message())
     if report.invalid:
-        log.warning("skipping %d invalid rows (invalidRows: skip); they are listed in the data report",
-                    report.invalid)
+        log.warning("skipping %d invalid rows (invalidRows: skip); they are listed in the data report", report.invalid)
 
 
 def _kept_table(encoded: Any, keep: np.ndarray) -> Any:
@@ -524,8 +530,12 @@ def check_file(
         if len(keep):
             first = int(keep[0])
             preview = render_preview(
-                tokenizer, template, checked.convs[first], table.column("labels")[0].as_py(),
-                checked.origins[first], train_on,
+                tokenizer,
+                template,
+                checked.convs[first],
+                table.column("labels")[0].as_py(),
+                checked.origins[first],
+                train_on,
             )
     return report, preview
 
@@ -544,7 +554,11 @@ def _quiet_progress() -> Iterator[None]:
 
 
 def render_preview(
-    tokenizer: Any, template: ChatTemplate, conv: Conversation, labels: list[int], origin: tuple[str, int],
+    tokenizer: Any,
+    template: ChatTemplate,
+    conv: Conversation,
+    labels: list[int],
+    origin: tuple[str, int],
     train_on: str,
 ) -> str:
     """The example as text with the trained parts in [[ ]], then token by token with its label."""

@@ -166,8 +166,14 @@ class DataReport:
         report = cls(
             datasets=[
                 DatasetReport(
-                    source=d["source"], split=d["split"], format=d["format"], detected=d["detectedFormat"],
-                    files=d["files"], rows_read=d["rowsRead"], invalid=d["invalid"], formats=d["formats"],
+                    source=d["source"],
+                    split=d["split"],
+                    format=d["format"],
+                    detected=d["detectedFormat"],
+                    files=d["files"],
+                    rows_read=d["rowsRead"],
+                    invalid=d["invalid"],
+                    formats=d["formats"],
                 )
                 for d in data["datasets"]
             ],

@@ -185,8 +185,14 @@ def _csv(src: SourceFile) -> Iterator[Row]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for n, record in enumerate(reader, start=1):
         if None in record:
-            yield Row(src.uri, n, RowError(f"has {len(record[None]) + len(reader.fieldnames or [])} fields, the header "
-                                           f"has {len(reader.fieldnames or [])}"))
+            yield Row(
+                src.uri,
+                n,
+                RowError(
+                    f"has {len(record[None]) + len(reader.fieldnames or [])} fields, the header "
+                    f"has {len(reader.fieldnames or [])}"
+                ),
+            )
             continue
         yield Row(src.uri, n, _check_utf8(dict(record)))
 

@@ -44,8 +44,10 @@ def assistant_spans(
     spans = []
     for i in turns:
         prompt = render(template, messages[:i], special_tokens=special_tokens, tools=tools, add_generation_prompt=True)
-        upto = full if i == len(messages) - 1 else render(
-            template, messages[: i + 1], special_tokens=special_tokens, tools=tools
+        upto = (
+            full
+            if i == len(messages) - 1
+            else render(template, messages[: i + 1], special_tokens=special_tokens, tools=tools)
         )
         if not (upto.startswith(prompt) and full.startswith(upto)):
             raise TemplateMismatch(
@@ -89,8 +91,7 @@ def encode_batch(
     return out
 
 
-def _append(out: dict[str, list[Any]], ids: list[int], labels: list[int], n_full: int, status: int,
-            error: str) -> None:
+def _append(out: dict[str, list[Any]], ids: list[int], labels: list[int], n_full: int, status: int, error: str) -> None:
     out["input_ids"].append(ids)
     out["labels"].append(labels)
     out["n_full"].append(n_full)
@@ -109,8 +110,9 @@ def _first_token_from(enc: Any, char: int, text_len: int, n_tokens: int) -> int:
     return int(idx) + 1 if enc.token_to_chars(idx)[0] < char else int(idx)
 
 
-def _encode_one(out: dict[str, list[Any]], enc: Any, text_len: int, spans: list[tuple[int, int]], cutoff_len: int,
-                train_on: str) -> None:
+def _encode_one(
+    out: dict[str, list[Any]], enc: Any, text_len: int, spans: list[tuple[int, int]], cutoff_len: int, train_on: str
+) -> None:
     ids: list[int] = enc.ids
     n_full = len(ids)
     token_spans = [
@@ -134,8 +136,7 @@ def _encode_one(out: dict[str, list[Any]], enc: Any, text_len: int, spans: list[
     if labels.count(IGNORE) == len(labels):
         first = token_spans[0][0] if token_spans else n_full
         reason = (
-            f"no trainable token within cutoffLen {cutoff_len}: the first answer starts at token {first} "
-            f"of {n_full}"
+            f"no trainable token within cutoffLen {cutoff_len}: the first answer starts at token {first} of {n_full}"
         )
         _append(out, [], [], n_full, DROPPED, reason)
         return

@@ -72,20 +72,29 @@ def test_s3_files_and_prefixes_and_the_cache_shared_through_s3(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     bucket = s3_env.make_bucket("data-pipeline")
     # names sort differently from upload order: reading must follow name order
-    storage.write_bytes(f"{bucket}/sets/chat/part-2.jsonl", jsonl(
-        [{"messages": [{"role": "user", "content": "second"}, {"role": "assistant", "content": "two"}]}]))
-    storage.write_bytes(f"{bucket}/sets/chat/part-1.jsonl", jsonl(
-        [{"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"}]}]))
-    storage.write_bytes(f"{bucket}/sets/alpaca.json", json.dumps(
-        [{"instruction": "What is the capital of France?", "output": "Paris."}]).encode())
+    storage.write_bytes(
+        f"{bucket}/sets/chat/part-2.jsonl",
+        jsonl([{"messages": [{"role": "user", "content": "second"}, {"role": "assistant", "content": "two"}]}]),
+    )
+    storage.write_bytes(
+        f"{bucket}/sets/chat/part-1.jsonl",
+        jsonl([{"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"}]}]),
+    )
+    storage.write_bytes(
+        f"{bucket}/sets/alpaca.json",
+        json.dumps([{"instruction": "What is the capital of France?", "output": "Paris."}]).encode(),
+    )
     spec = make_spec(
         [{"source": f"{bucket}/sets/chat/"}, {"source": f"{bucket}/sets/alpaca.json"}],
         storage={"endpoint": s3_env.endpoint_url},
         training={"packing": True, "cutoffLen": 256},
     )
     cache_uri = f"{bucket}/out/cache/"
-    args = {"spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True), "model": str(tiny_model_dir),
-            "cache_uri": cache_uri}
+    args = {
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "model": str(tiny_model_dir),
+        "cache_uri": cache_uri,
+    }
 
     # rank 1 starts first and waits for rank 0 (this process) to publish the tokenized data
     rank1 = start_worker(tmp_path, "rank1", {**args, "cache_dir": str(tmp_path / "node1"), "rank": 1})
@@ -130,9 +139,22 @@ def test_data_check_cli_on_s3_names_the_bad_rows(s3_env: Any, tiny_model_dir: Pa
     ]
     storage.write_bytes(f"{bucket}/sg.jsonl", jsonl(rows))
     out = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "data", "check", f"{bucket}/sg.jsonl", "--model", str(tiny_model_dir),
-         "--report", str(tmp_path / "report.json")],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        [
+            sys.executable,
+            "-m",
+            "kubetune.cli",
+            "data",
+            "check",
+            f"{bucket}/sg.jsonl",
+            "--model",
+            str(tiny_model_dir),
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     assert out.returncode == 1, out.stderr
     assert "format sharegpt" in out.stdout
@@ -152,13 +174,23 @@ def test_two_local_nodes_sharing_one_cache_dir_publish_one_entry(
     bucket = s3_env.make_bucket("shared-cache")
     alpaca = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(20)]
     storage.write_bytes(f"{bucket}/mixed/a.jsonl", jsonl(alpaca))
-    storage.write_bytes(f"{bucket}/mixed/b.jsonl", jsonl(
-        [{"conversations": [{"from": "human", "value": f"H{i}"}, {"from": "gpt", "value": f"G{i}"}]} for i in range(20)]
-    ))
+    storage.write_bytes(
+        f"{bucket}/mixed/b.jsonl",
+        jsonl(
+            [
+                {"conversations": [{"from": "human", "value": f"H{i}"}, {"from": "gpt", "value": f"G{i}"}]}
+                for i in range(20)
+            ]
+        ),
+    )
     spec = make_spec([{"source": f"{bucket}/mixed/"}], storage={"endpoint": s3_env.endpoint_url})
     shared = tmp_path / "shared-cache"
-    args = {"spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True), "model": str(tiny_model_dir),
-            "cache_uri": f"{bucket}/out/cache/", "cache_dir": str(shared)}
+    args = {
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "model": str(tiny_model_dir),
+        "cache_uri": f"{bucket}/out/cache/",
+        "cache_dir": str(shared),
+    }
     procs = [start_worker(tmp_path, f"w{rank}", {**args, "rank": rank}) for rank in (1, 0, 0)]
     results = [finish(p)[0] for p in procs]
     assert results[0] == results[1] == results[2] and results[0]["rows"] == 40

@@ -42,8 +42,12 @@ def _kubetune(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subpr
     # the user's ~/.cache/kubetune where an earlier run's files could change what this one does.
     hermetic = {"KUBETUNE_LOCAL_CACHE_DIR": str(cwd / "node-cache")}
     return subprocess.run(
-        [str(kubetune), *args], env={**os.environ, **hermetic, **(env or {})}, cwd=cwd, capture_output=True,
-        text=True, timeout=600,
+        [str(kubetune), *args],
+        env={**os.environ, **hermetic, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

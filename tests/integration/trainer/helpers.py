@@ -114,7 +114,10 @@ def trainer_env(tmp_path: Path, extra: dict[str, str] | None = None) -> dict[str
 def run_trainer(config: Path, env: dict[str, str], *, timeout: float = 240) -> Run:
     proc = subprocess.run(
         [sys.executable, "-m", "kubetune.cli", "train", "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=timeout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     return Run(proc.returncode, proc.stderr, proc.stdout)
 

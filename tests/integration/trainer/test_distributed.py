@@ -53,16 +53,36 @@ def test_torchrun(layout, tiny_model_dir, chat_data, tmp_path):
         launches = [(_torchrun("--nnodes", "1", "--nproc-per-node", "2", "--master-port", port), tmp_path / "n0")]
     else:
         launches = [
-            (_torchrun("--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
-                       "--master-addr", "127.0.0.1", "--master-port", port), tmp_path / f"n{rank}")
+            (
+                _torchrun(
+                    "--nnodes",
+                    "2",
+                    "--nproc-per-node",
+                    "1",
+                    "--node-rank",
+                    str(rank),
+                    "--master-addr",
+                    "127.0.0.1",
+                    "--master-port",
+                    port,
+                ),
+                tmp_path / f"n{rank}",
+            )
             for rank in (0, 1)
         ]
     procs = []
     for command, node_dir in launches:
         node_dir.mkdir()
         # Each "node" has its own local cache, as pods on different machines do.
-        procs.append(subprocess.Popen([*command, config], env=trainer_env(node_dir), stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [*command, config],
+                env=trainer_env(node_dir),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [p.communicate(timeout=300)[0] for p in procs]
     for proc, log in zip(procs, logs, strict=True):
         assert proc.returncode == 0, log[-4000:]

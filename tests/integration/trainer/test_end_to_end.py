@@ -43,8 +43,12 @@ def test_lora_from_s3_to_s3(s3_server, tiny_model_dir, chat_data, tmp_path):
     _upload_tree(client, "kt-flow", tiny_model_dir, "models/tiny")
     client.upload_file(str(chat_data), "kt-flow", "data/chat.jsonl")
     manifest = job(
-        "flow", "s3://kt-flow/models/tiny/", "s3://kt-flow/data/chat.jsonl", "s3://kt-flow/runs/flow/",
-        data={"validationSplit": 0.1}, storage={"addressingStyle": "path"},
+        "flow",
+        "s3://kt-flow/models/tiny/",
+        "s3://kt-flow/data/chat.jsonl",
+        "s3://kt-flow/runs/flow/",
+        data={"validationSplit": 0.1},
+        storage={"addressingStyle": "path"},
         training={"gradientCheckpointing": True},  # the spec's default, on the LoRA path
     )
     run = run_trainer(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path, s3_server.env()))
@@ -58,8 +62,13 @@ def test_lora_from_s3_to_s3(s3_server, tiny_model_dir, chat_data, tmp_path):
     assert verify_local_copy(out, result) == []
     listed = {f["path"] for f in result["files"]}
     assert {
-        "model/model.safetensors", "model/config.json", "model/generation_config.json", "model/tokenizer.json",
-        "model/chat_template.jinja", "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
+        "model/model.safetensors",
+        "model/config.json",
+        "model/generation_config.json",
+        "model/tokenizer.json",
+        "model/chat_template.jinja",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
         "loss.png",
     } <= listed
     assert result["method"] == "lora" and result["baseModel"]["source"] == "s3://kt-flow/models/tiny/"
@@ -86,7 +95,9 @@ def test_lora_from_s3_to_s3(s3_server, tiny_model_dir, chat_data, tmp_path):
     eos = GenerationConfig.from_pretrained(str(out / "model")).eos_token_id
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in ([eos] if isinstance(eos, int) else eos)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is 3 plus 4?"}], add_generation_prompt=True, return_tensors="pt",
+        [{"role": "user", "content": "What is 3 plus 4?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
         return_dict=True,
     )["input_ids"]
     merged = AutoModelForCausalLM.from_pretrained(str(out / "model")).eval()

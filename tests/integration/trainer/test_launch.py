@@ -29,10 +29,23 @@ def _free_port() -> int:
 
 def _launch(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     # The pod's command: the launcher, then exactly the torchrun arguments the renderer gives.
-    args = ["--nnodes=1", "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
-            "-m", "kubetune.trainer", "--config", str(config)]
-    return subprocess.Popen([sys.executable, "-m", "kubetune.trainer.launch", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--nnodes=1",
+        "--nproc-per-node=1",
+        "--master-addr=127.0.0.1",
+        f"--master-port={_free_port()}",
+        "-m",
+        "kubetune.trainer",
+        "--config",
+        str(config),
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer.launch", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_bad_data_fails_permanently_with_its_own_code(tiny_model_dir, tmp_path):
@@ -49,8 +62,13 @@ def test_bad_data_fails_permanently_with_its_own_code(tiny_model_dir, tmp_path):
 
 def test_sigterm_mid_training_exits_143(tiny_model_dir, chat_data, tmp_path):
     output = tmp_path / "out"
-    manifest = job("preempt", str(tiny_model_dir), str(chat_data), str(output),
-                   training={"maxSteps": 2000, "checkpointEverySteps": 10, "loggingSteps": 10})
+    manifest = job(
+        "preempt",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={"maxSteps": 2000, "checkpointEverySteps": 10, "loggingSteps": 10},
+    )
     proc = _launch(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path))
     marker = output / "checkpoints" / "checkpoint-10" / "COMPLETE"
     deadline = time.monotonic() + 150

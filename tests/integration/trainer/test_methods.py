@@ -23,8 +23,9 @@ def test_method_trains_and_exports(method, training, tiny_model_dir, chat_data, 
     from transformers import AutoModelForCausalLM
 
     output = tmp_path / "out"
-    manifest = job("m", str(tiny_model_dir), str(chat_data), str(output), method=method,
-                   training={"maxSteps": 20, **training})
+    manifest = job(
+        "m", str(tiny_model_dir), str(chat_data), str(output), method=method, training={"maxSteps": 20, **training}
+    )
     run = run_trainer(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path))
     assert run.code == 0, run.stderr[-4000:]
     train_losses = losses(progress_events(output / "progress.jsonl"))

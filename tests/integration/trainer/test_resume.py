@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 def _start(config, env):
     return subprocess.Popen(
         [sys.executable, "-m", "kubetune.trainer", "--config", str(config)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -32,8 +35,13 @@ def _wait_for(path, proc, timeout=120.0):
 
 def test_preempted_run_resumes_from_its_checkpoint(tiny_model_dir, chat_data, tmp_path):
     output = tmp_path / "out"
-    manifest = job("resume", str(tiny_model_dir), str(chat_data), str(output),
-                   training={"maxSteps": 300, "checkpointEverySteps": 20, "loggingSteps": 10})
+    manifest = job(
+        "resume",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={"maxSteps": 300, "checkpointEverySteps": 20, "loggingSteps": 10},
+    )
     config = write_job(tmp_path / "job.yaml", manifest)
     env = trainer_env(tmp_path)
 
@@ -69,9 +77,14 @@ def _model_files(output):
 def test_rerunning_a_finished_job_exports_the_same_model(tiny_model_dir, chat_data, tmp_path):
     """`make quickstart` twice: the final checkpoint is resumed with 0 steps left; export and upload again."""
     output = tmp_path / "out"
-    manifest = job("again", str(tiny_model_dir), str(chat_data), str(output),
-                   training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5},
-                   output={"uri": str(output), "merge": True})
+    manifest = job(
+        "again",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5},
+        output={"uri": str(output), "merge": True},
+    )
     config = write_job(tmp_path / "job.yaml", manifest)
     env = trainer_env(tmp_path)
     first = run_trainer(config, env)
@@ -90,15 +103,30 @@ def test_rerunning_a_finished_job_exports_the_same_model(tiny_model_dir, chat_da
 def test_checkpoints_of_another_configuration_are_left_alone(tiny_model_dir, chat_data, tmp_path):
     output = tmp_path / "out"
     env = trainer_env(tmp_path)
-    first = job("shared", str(tiny_model_dir), str(chat_data), str(output),
-                training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5})
+    first = job(
+        "shared",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={"maxSteps": 10, "checkpointEverySteps": 10, "loggingSteps": 5},
+    )
     assert run_trainer(write_job(tmp_path / "a.yaml", first), env).code == 0
     foreign = (output / "checkpoints" / "checkpoint-10" / "COMPLETE").read_text()
 
     # Same name and output, different learning rate: its checkpoint must not be resumed, nor pruned.
-    changed = job("shared", str(tiny_model_dir), str(chat_data), str(output),
-                  training={"maxSteps": 6, "checkpointEverySteps": 3, "keepCheckpoints": 1, "loggingSteps": 3,
-                            "learningRate": 0.005})
+    changed = job(
+        "shared",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={
+            "maxSteps": 6,
+            "checkpointEverySteps": 3,
+            "keepCheckpoints": 1,
+            "loggingSteps": 3,
+            "learningRate": 0.005,
+        },
+    )
     second = run_trainer(write_job(tmp_path / "b.yaml", changed), env)
     assert second.code == 0, second.stderr[-3000:]
     warnings = [line for line in second.stderr.splitlines() if "belong to a different configuration" in line]

@@ -57,8 +57,11 @@ def test_patch_to_a_silent_api_server_gives_up_within_the_timeout(silent_server:
     api_client = client.ApiClient(configuration)
     reporter = StatusReporter("job", "ns", api_client=api_client, request_timeout=(1.0, 2.0))
     # In a thread, so that a patch without a timeout fails this test instead of hanging it.
-    report = threading.Thread(target=reporter.report, daemon=True,
-                              kwargs={"progress": {"stage": "training", "step": 1, "totalSteps": 10}, "force": True})
+    report = threading.Thread(
+        target=reporter.report,
+        daemon=True,
+        kwargs={"progress": {"stage": "training", "step": 1, "totalSteps": 10}, "force": True},
+    )
     started = time.monotonic()
     report.start()
     report.join(timeout=8)

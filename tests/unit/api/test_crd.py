@@ -39,8 +39,14 @@ def _walk(node: Any, path: str = "") -> list[str]:
         if is_schema and "type" not in node and not untyped_ok:
             bad.append(f"{path}: no type")
         # metadata is the API server's own; CRDs declare it as a bare object.
-        if path != ".properties.metadata" and node.get("type") == "object" and not (
-            "properties" in node or "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields")
+        if (
+            path != ".properties.metadata"
+            and node.get("type") == "object"
+            and not (
+                "properties" in node
+                or "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+            )
         ):
             bad.append(f"{path}: object without properties")
         for key, value in node.items():
@@ -145,10 +151,16 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
     ("path", "value", "message"),
     [
         ([], {"datasets": [{"source": "x", "split": "validation"}]}, "at least one dataset with split: train"),
-        ([], {"datasets": [{"source": "x"}], "method": {"type": "qlora"},
-              "training": {"deepspeed": {"stage": "zero3"}}}, "cannot shard a quantized base"),
-        ([], {"datasets": [{"source": "x"}], "training": {"precision": "fp16"}, "resources": {"gpusPerNode": 0}},
-         "fp16 needs GPUs"),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "method": {"type": "qlora"}, "training": {"deepspeed": {"stage": "zero3"}}},
+            "cannot shard a quantized base",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "training": {"precision": "fp16"}, "resources": {"gpusPerNode": 0}},
+            "fp16 needs GPUs",
+        ),
         (["method"], {"type": "lora", "quantization": {"bits": 4}}, "quantization applies only to type: qlora"),
         (["method"], {"type": "full", "lora": {"rank": 8}}, "lora settings do not apply to type: full"),
         (["training"], {"epochs": 1, "maxSteps": 5}, "set epochs or maxSteps, not both"),

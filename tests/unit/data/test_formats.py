@@ -146,8 +146,13 @@ def test_detection_is_a_majority_vote_and_says_what_it_found_when_it_fails() -> 
             "turn 2 (gpt) is empty",
         ),
         (
-            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                          {"role": "user", "content": "c"}]},
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ]
+            },
             "openai",
             "ends with a user turn",
         ),

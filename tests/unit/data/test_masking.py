@@ -28,11 +28,20 @@ EXPECTED = {
 }
 
 
-def encode(tokenizer: Any, template_name: str, messages: list[dict[str, str]], *, cutoff: int = 1024,
-           train_on: str = "assistant") -> dict[str, Any]:
+def encode(
+    tokenizer: Any,
+    template_name: str,
+    messages: list[dict[str, str]],
+    *,
+    cutoff: int = 1024,
+    train_on: str = "assistant",
+) -> dict[str, Any]:
     template = resolve_template(template_name, tokenizer)
     out = encode_batch(
-        {"messages": [messages], "tools": [None]}, tokenizer=tokenizer, template=template, cutoff_len=cutoff,
+        {"messages": [messages], "tools": [None]},
+        tokenizer=tokenizer,
+        template=template,
+        cutoff_len=cutoff,
         train_on=train_on,
     )
     one = {k: v[0] for k, v in out.items()}
@@ -82,8 +91,9 @@ def test_each_assistant_turn_trains_its_end_of_turn_token(name: str, tokenizer: 
     stop_id = tokenizer.convert_tokens_to_ids(stop) if stop in tokenizer.get_vocab() else None
     if stop_id is not None:
         assert enc["labels"].count(stop_id) == 2, "one trained end-of-turn per assistant turn"
-        masked_stops = [t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True)
-                        if t == stop_id and lab == IGNORE]
+        masked_stops = [
+            t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True) if t == stop_id and lab == IGNORE
+        ]
         # chatml also ends the system and user turns with <|im_end|>: those stay masked
         assert len(masked_stops) == (3 if name == "auto" else 0)
     else:  # gemma's <end_of_turn> is plain text for this tokenizer: its characters are trained

@@ -48,8 +48,12 @@ def test_invalid_rows_fail_the_job_naming_file_row_and_reason(
         prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
     message = str(err.value)
     assert message.startswith("4 invalid rows in the training data:")
-    for row, reason in [(3, "not valid JSON"), (5, "not valid UTF-8"), (7, "missing field 'output'"),
-                        (9, "field 'output' must be a string, got a number")]:
+    for row, reason in [
+        (3, "not valid JSON"),
+        (5, "not valid UTF-8"),
+        (7, "missing field 'output'"),
+        (9, "field 'output' must be a string, got a number"),
+    ]:
         assert f"{path} row {row}: {reason}" in message
     assert "invalidRows: skip" in message
 
@@ -89,8 +93,9 @@ def test_json_jsonl_parquet_and_csv_give_the_same_examples(
     jsonl = write_jsonl("d.jsonl", ALPACA)
     (tmp_path / "d.json").write_text(json.dumps(ALPACA))
     pq.write_table(pa.Table.from_pylist([{**r, "input": r.get("input", "")} for r in ALPACA]), tmp_path / "d.parquet")
-    csv_lines = ["instruction,input,output"] + [f'"{r["instruction"]}","{r.get("input", "")}","{r["output"]}"'
-                                                 for r in ALPACA]
+    csv_lines = ["instruction,input,output"] + [
+        f'"{r["instruction"]}","{r.get("input", "")}","{r["output"]}"' for r in ALPACA
+    ]
     (tmp_path / "d.csv").write_text("\n".join(csv_lines) + "\n")
     results = []
     for path in (jsonl, tmp_path / "d.json", tmp_path / "d.parquet", tmp_path / "d.csv"):
@@ -117,8 +122,10 @@ def test_mixing_with_max_samples_concat_and_interleave(
     tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
 ) -> None:
     a = write_jsonl("a.jsonl", [{"instruction": f"A{i}", "output": f"a{i}"} for i in range(3)])
-    b = write_jsonl("b.jsonl", [{"conversations": [{"from": "human", "value": f"B{i}"}, {"from": "gpt", "value": "b"}]}
-                                for i in range(2)])
+    b = write_jsonl(
+        "b.jsonl",
+        [{"conversations": [{"from": "human", "value": f"B{i}"}, {"from": "gpt", "value": "b"}]} for i in range(2)],
+    )
     datasets = [{"source": str(a), "maxSamples": 2}, {"source": str(b)}]
     order = {}
     for mix in ("concat", "interleave"):
@@ -148,10 +155,14 @@ def test_packing_restarts_positions_and_keeps_every_trainable_token(
 ) -> None:
     rows = [{"instruction": f"Question {i}" * (1 + i % 4), "output": "Answer"} for i in range(40)]
     path = write_jsonl("d.jsonl", rows)
-    plain = prepare_data(make_spec([{"source": str(path)}], training={"cutoffLen": 128}), tokenizer,
-                         cache_dir=tmp_path / "c")
-    packed = prepare_data(make_spec([{"source": str(path)}], training={"cutoffLen": 128, "packing": True}),
-                          tokenizer, cache_dir=tmp_path / "c")
+    plain = prepare_data(
+        make_spec([{"source": str(path)}], training={"cutoffLen": 128}), tokenizer, cache_dir=tmp_path / "c"
+    )
+    packed = prepare_data(
+        make_spec([{"source": str(path)}], training={"cutoffLen": 128, "packing": True}),
+        tokenizer,
+        cache_dir=tmp_path / "c",
+    )
     assert len(packed.train) < len(plain.train) == 40
     for row in packed.train:
         assert len(row["input_ids"]) <= 128
@@ -181,8 +192,9 @@ def test_the_cache_is_reused_and_keyed_by_the_options(
     assert "reusing tokenized data" in caplog.text
     assert again.train["input_ids"] == first.train["input_ids"]
     assert again.report.to_dict() == first.report.to_dict()
-    other = prepare_data(make_spec([{"source": str(path)}], training={"cutoffLen": 64}), tokenizer,
-                         cache_dir=tmp_path / "c")
+    other = prepare_data(
+        make_spec([{"source": str(path)}], training={"cutoffLen": 64}), tokenizer, cache_dir=tmp_path / "c"
+    )
     assert other.report.cache_key != first.report.cache_key
     path.write_text(path.read_text() + json.dumps(ALPACA[0]) + "\n")
     changed = prepare_data(spec, tokenizer, cache_dir=tmp_path / "c")
@@ -222,7 +234,9 @@ def test_check_file_reports_and_previews_the_label_mask(tokenizer: Any, write_js
 
 
 def test_data_check_command_exit_codes(
-    tiny_model_dir: Path, tiny_base_model_dir: Path, write_jsonl: Callable[..., Path],
+    tiny_model_dir: Path,
+    tiny_base_model_dir: Path,
+    write_jsonl: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from kubetune.cli import main
@@ -234,8 +248,19 @@ def test_data_check_command_exit_codes(
     assert main(["data", "check", str(good), "--model", str(tiny_base_model_dir)]) == 2
     assert "default or alpaca" in capsys.readouterr().err
     renamed = write_jsonl("renamed.jsonl", [{"question": "Q?", "answer": "A."}])
-    args = ["data", "check", str(renamed), "--model", str(tiny_base_model_dir), "--template", "default",
-            "--column", "prompt=question", "--column", "response=answer"]
+    args = [
+        "data",
+        "check",
+        str(renamed),
+        "--model",
+        str(tiny_base_model_dir),
+        "--template",
+        "default",
+        "--column",
+        "prompt=question",
+        "--column",
+        "response=answer",
+    ]
     assert main(args) == 0
     assert "Human: Q?\nAssistant:[[ A.<|endoftext|>\n]]" in capsys.readouterr().out
 
@@ -256,9 +281,10 @@ def test_auto_detects_the_format_of_each_file_of_a_prefix(
     tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     alpaca = write_jsonl("mixed/a.jsonl", ALPACA)
-    sharegpt = write_jsonl("mixed/b.jsonl", [
-        {"conversations": [{"from": "human", "value": f"B{i}"}, {"from": "gpt", "value": "b"}]} for i in range(2)
-    ])
+    sharegpt = write_jsonl(
+        "mixed/b.jsonl",
+        [{"conversations": [{"from": "human", "value": f"B{i}"}, {"from": "gpt", "value": "b"}]} for i in range(2)],
+    )
     source = str(tmp_path / "mixed") + "/"
     with caplog.at_level(logging.INFO, logger="kubetune.data"):
         prepared = prepare_data(make_spec([{"source": source}]), tokenizer, cache_dir=tmp_path / "c")
@@ -284,9 +310,12 @@ def test_the_data_check_command_reads_a_prefix_of_mixed_formats(
     from kubetune.cli import main
 
     write_jsonl("mixed/a.jsonl", ALPACA)
-    (tmp_path / "mixed" / "b.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(
-        [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]
-    ).encode())
+    (tmp_path / "mixed" / "b.json").write_bytes(
+        b"\xef\xbb\xbf"
+        + json.dumps(
+            [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}]
+        ).encode()
+    )
     assert main(["data", "check", str(tmp_path / "mixed"), "--model", str(tiny_model_dir), "--no-preview"]) == 0
     out = capsys.readouterr().out
     assert "rows read 4, invalid 0" in out

@@ -78,7 +78,7 @@ BOM = b"\xef\xbb\xbf"
     [
         ("d.jsonl", b'{"a": "x"}\n{"a": "caf\xe9"}\n{"a": "z"}\n'),
         ("d.json", b'[{"a": "x"}, {"a": "caf\xe9"}, {"a": "z"}]'),
-        ("d.csv", b'a\nx\ncaf\xe9\nz\n'),
+        ("d.csv", b"a\nx\ncaf\xe9\nz\n"),
     ],
 )
 def test_a_byte_order_mark_is_not_part_of_row_1_and_bad_rows_keep_their_number(name: str, data: bytes) -> None:

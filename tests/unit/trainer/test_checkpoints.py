@@ -67,8 +67,7 @@ def test_on_save_uploads_then_marks_complete_then_prunes(tmp_path):
     from kubetune.trainer.config import Distributed
 
     remote = str(tmp_path / "remote" / "checkpoints")
-    sync = CheckpointSync(remote, keep=2, opts=None, dist=Distributed(), preemption=Preemption(),
-                          run_id=RUN)
+    sync = CheckpointSync(remote, keep=2, opts=None, dist=Distributed(), preemption=Preemption(), run_id=RUN)
     for step in (10, 20, 30):
         local = tmp_path / "local" / f"checkpoint-{step}"
         local.mkdir(parents=True)
@@ -88,8 +87,7 @@ def test_sigterm_saves_and_stops_at_the_next_step(tmp_path):
     preemption = Preemption()
     preemption.install()
     try:
-        sync = CheckpointSync(str(tmp_path), keep=1, opts=None, dist=Distributed(), preemption=preemption,
-                              run_id=RUN)
+        sync = CheckpointSync(str(tmp_path), keep=1, opts=None, dist=Distributed(), preemption=preemption, run_id=RUN)
         args, state, control = _trainer_objects(tmp_path, 5)
         sync.on_step_end(args, state, control)
         assert not control.should_save and not control.should_training_stop
@@ -113,8 +111,10 @@ def test_checkpoints_of_another_configuration_are_neither_resumed_nor_deleted(tm
     with caplog.at_level(logging.WARNING, logger="kubetune.trainer"):
         assert restore_latest(root, tmp_path / "local", None, "run-b") is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert warnings == [f"checkpoints under {root} belong to a different configuration; starting fresh "
-                        "(delete them or change output.uri)"]
+    assert warnings == [
+        f"checkpoints under {root} belong to a different configuration; starting fresh "
+        "(delete them or change output.uri)"
+    ]
     assert scan(root, None) == ([5, 10, 20, 30], [])
 
 
@@ -126,9 +126,17 @@ def test_markers_without_an_identity_are_not_resumed(tmp_path):
 
 
 def _spec(**training):
-    doc = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "j"},
-           "spec": {"model": {"source": "/models/m"}, "datasets": [{"source": "s3://data/x.jsonl"}],
-                    "output": {"uri": "s3://out/j/"}, "training": training}}
+    doc = {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "j"},
+        "spec": {
+            "model": {"source": "/models/m"},
+            "datasets": [{"source": "s3://data/x.jsonl"}],
+            "output": {"uri": "s3://out/j/"},
+            "training": training,
+        },
+    }
     return parse_job(yaml.safe_load(yaml.safe_dump(doc))).spec
 
 

@@ -8,16 +8,23 @@ from kubetune.trainer.failures import TrainerError
 from kubetune.trainer.model import fetch_model, lora_config
 
 
-@pytest.mark.parametrize(("text", "size"), [("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30),
-                                            ("1.5 GB", 1_500_000_000)])
+@pytest.mark.parametrize(
+    ("text", "size"), [("5GB", 5 * 10**9), ("500MB", 500 * 10**6), ("2GiB", 2 * 2**30), ("1.5 GB", 1_500_000_000)]
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
 @pytest.mark.parametrize(
     ("requested", "cuda", "bf16", "runs"),
-    [("bf16", False, False, "fp32"), ("fp16", False, False, "fp32"), ("fp32", False, False, "fp32"),
-     ("bf16", True, True, "bf16"), ("bf16", True, False, "fp16"), ("fp16", True, True, "fp16")],
+    [
+        ("bf16", False, False, "fp32"),
+        ("fp16", False, False, "fp32"),
+        ("fp32", False, False, "fp32"),
+        ("bf16", True, True, "bf16"),
+        ("bf16", True, False, "fp16"),
+        ("fp16", True, True, "fp16"),
+    ],
 )
 def test_precision_that_runs(requested, cuda, bf16, runs):
     assert resolve_precision(requested, cuda=cuda, bf16_supported=bf16) == runs
@@ -31,9 +38,15 @@ def test_distributed_from_torchrun_env():
 
 def _job_file(tmp_path, **spec):
     doc = {
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "demo"},
-        "spec": {"model": {"source": str(tmp_path / "model")}, "datasets": [{"source": "s3://data/x.jsonl"}],
-                 "output": {"uri": "s3://out/runs/demo/"}, **spec},
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "model": {"source": str(tmp_path / "model")},
+            "datasets": [{"source": "s3://data/x.jsonl"}],
+            "output": {"uri": "s3://out/runs/demo/"},
+            **spec,
+        },
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -41,8 +54,14 @@ def _job_file(tmp_path, **spec):
 
 
 def test_run_config_layout_and_env(tmp_path):
-    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache"), "KUBETUNE_JOB_NAME": "demo-x",
-           "KUBETUNE_JOB_NAMESPACE": "team", "GROUP_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}
+    env = {
+        "KUBETUNE_CACHE_DIR": str(tmp_path / "cache"),
+        "KUBETUNE_JOB_NAME": "demo-x",
+        "KUBETUNE_JOB_NAMESPACE": "team",
+        "GROUP_RANK": "1",
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+    }
     cfg = load_run_config(_job_file(tmp_path), env)
     assert cfg.work_dir.parent.parent == tmp_path / "cache" / "runs" and cfg.work_dir.name == "node-1"
     assert cfg.work_dir.parent.name.startswith("team-demo-x-")
@@ -83,8 +102,10 @@ def test_lora_targets(tmp_path, targets, expected):
 def test_training_arguments_follow_the_spec(tmp_path, training, warmup, length):
     from kubetune.trainer.recipe import training_arguments
 
-    spec = {"training": {"checkpointEverySteps": 25, "keepCheckpoints": 3, **training},
-            "data": {"validationSplit": 0.1}}
+    spec = {
+        "training": {"checkpointEverySteps": 25, "keepCheckpoints": 3, **training},
+        "data": {"validationSplit": 0.1},
+    }
     cfg = load_run_config(_job_file(tmp_path, **spec), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
     args = training_arguments(cfg)
     assert args.warmup_steps == warmup

@@ -77,8 +77,12 @@ def test_dora_adapters_merge_through_peft(tiny_model_dir, tmp_path):
 def test_streamed_files_are_real_safetensors(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    tensors = {"a": torch.randn(3, 5), "b": torch.arange(4, dtype=torch.int64), "c": torch.randn(2).bfloat16(),
-               "scalar": torch.tensor(2.5)}
+    tensors = {
+        "a": torch.randn(3, 5),
+        "b": torch.arange(4, dtype=torch.int64),
+        "c": torch.randn(2).bfloat16(),
+        "scalar": torch.tensor(2.5),
+    }
     save_file(tensors, str(tmp_path / "model.safetensors"))
     infos = tensor_infos(tmp_path)
     reader = TensorReader()

@@ -65,9 +65,16 @@ def test_resumed_run_continues_the_earlier_history(tmp_path):
     assert [e["step"] for e in second.history if "loss" in e] == [10, 20, 30]
 
 
-@pytest.mark.parametrize(("step", "total", "percent", "display"),
-                         [(199, 200, 99.5, "99% 199/200"), (1999, 2000, 99.9, "99% 1999/2000"),
-                          (200, 200, 100.0, "100% 200/200"), (0, 7, 0.0, "0% 0/7"), (2, 3, 66.6, "66% 2/3")])
+@pytest.mark.parametrize(
+    ("step", "total", "percent", "display"),
+    [
+        (199, 200, 99.5, "99% 199/200"),
+        (1999, 2000, 99.9, "99% 1999/2000"),
+        (200, 200, 100.0, "100% 200/200"),
+        (0, 7, 0.0, "0% 0/7"),
+        (2, 3, 66.6, "66% 2/3"),
+    ],
+)
 def test_percent_is_floored_never_a_premature_100(step, total, percent, display):
     from kubetune.reporting import enrich_progress
 
