@@ -26,6 +26,7 @@ from typing import Any
 
 from kubetune import render, storage
 from kubetune.api import v1alpha1 as api
+from kubetune.api.locations import local_path, location_kind
 from kubetune.api.validation import parse_job
 
 _PLACEHOLDER = re.compile(r"\$\(([A-Z_][A-Z0-9_]*)\)")
@@ -97,16 +98,14 @@ def _free_port() -> int:
 
 def _absolute(value: str, base: Path, *, allow_hub: bool) -> str:
     """Relative paths in a local run are relative to the FineTuneJob file, like docker-compose's."""
-    if "://" in value:
+    kind = location_kind(value, allow_hub=allow_hub)
+    if kind == "hub" and (base / value).exists():
+        # The spec means the same on a laptop and in a pod, where this is a hub id: say how to
+        # name the local copy rather than guess.
+        raise ValueError(f"'{value}' is a hub id, but {base / value} exists: write './{value}' to use the local copy")
+    if kind != "path" or value.startswith("file://"):
         return value
-    if value.startswith(("./", "../")) or (not allow_hub and not value.startswith(("/", "~"))):
-        return str((base / value).resolve())
-    if allow_hub and not value.startswith(("/", "~")) and (base / value).exists():
-        # `data/train.jsonl` is also a valid hub id; a file of that name beside the job wins.
-        return str((base / value).resolve())
-    if value.startswith("~"):
-        return str(Path(value).expanduser())
-    return value
+    return str((base / local_path(value)).resolve())
 
 
 def resolve_local_job(job: api.FineTuneJob, base_dir: Path) -> api.FineTuneJob:

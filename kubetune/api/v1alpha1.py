@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.locations import OUTPUT_PATTERN, SOURCE_PATTERN, location_kind
+
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -32,12 +34,6 @@ PRESERVE_UNKNOWN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields"
 _QUANTITY_RE = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 _QUANTITY = re.compile(_QUANTITY_RE)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# The same rules as check_storage_uri, for admission (CRD `pattern`).
-_S3_URI_RE = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
-_PATH_URI_RE = r"file://.+|[/.~].*"
-_HUB_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?"
-SOURCE_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE}|{_HUB_ID_RE})$"
-OUTPUT_PATTERN = f"^({_S3_URI_RE}|{_PATH_URI_RE})$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 _LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
@@ -171,36 +167,11 @@ class NcclDebug(str, Enum):
 # URIs
 # --------------------------------------------------------------------------------------------
 
-# What a model or dataset source may look like. Hub ids are `org/name` (or `name`).
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
 
 def check_storage_uri(value: str, *, what: str, allow_hub: bool) -> str:
     """Accept s3://bucket/key, file:///path, /abs/path, ./rel/path and (if allowed) hub ids."""
-    v = value.strip()
-    if not v:
-        raise ValueError(f"{what} must not be empty")
-    if "://" in v:
-        scheme = v.split("://", 1)[0].lower()
-        if scheme == "s3":
-            rest = v[5:]
-            bucket = rest.split("/", 1)[0]
-            if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
-                raise ValueError(f"'{v}' has no valid bucket name after s3://")
-            return v
-        if scheme == "file":
-            if not v[7:]:
-                raise ValueError(f"'{v}' has no path after file://")
-            return v
-        hint = " (use s3:// for MinIO/Ceph/GCS-interop/SeaweedFS too)" if scheme in {"s3a", "gs", "minio"} else ""
-        raise ValueError(f"unsupported URI scheme '{scheme}://' in '{v}': use s3://, file:// or a path{hint}")
-    if v.startswith(("/", "./", "../", "~")):
-        return v
-    if allow_hub and _HUB_ID.match(v):
-        return v
-    if allow_hub:
-        raise ValueError(f"'{v}' is neither a hub id (org/name), an s3:// URI, nor a path")
-    raise ValueError(f"'{v}' is neither an s3:// URI nor a path (start local paths with / or ./)")
+    location_kind(value, allow_hub=allow_hub, what=what)
+    return value.strip()
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.locations import local_path, location_kind
+
 ORDER = 40
 
 # Files a tokenizer needs; weights are not downloaded for a data check.
@@ -64,14 +66,18 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def _argument_location(value: str) -> str:
+    """On a command line, a name that exists here is that file or directory (`data` as much as `./data`)."""
+    return str(Path(value).resolve()) if "://" not in value and Path(value).exists() else value
+
+
 def _load_tokenizer(model: str, opts: Any) -> Any:
     from transformers import AutoTokenizer
 
     from kubetune import storage
 
-    if not storage.is_remote(model):
-        local = model[7:] if model.startswith("file://") else model
-        return AutoTokenizer.from_pretrained(local)
+    if location_kind(model) != "s3":
+        return AutoTokenizer.from_pretrained(local_path(model) if location_kind(model) == "path" else model)
     tmp = Path(tempfile.mkdtemp(prefix="kubetune-tokenizer-"))
     base = model.rstrip("/") + "/"
     for uri in storage.list_files(base, opts):
@@ -89,10 +95,10 @@ def run_check(args: argparse.Namespace) -> int:
     opts = storage.StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
     try:
         columns, tags = _pairs(args.column, "column"), _pairs(args.tag, "tag")
-        tokenizer = _load_tokenizer(args.model, opts)
+        tokenizer = _load_tokenizer(_argument_location(args.model), opts)
         template = resolve_template(args.template, tokenizer)
         report, preview = check_file(
-            args.source,
+            _argument_location(args.source),
             tokenizer,
             template,
             format=args.format,

@@ -22,6 +22,7 @@ import yaml
 
 from kubetune import __version__
 from kubetune.api import v1alpha1 as api
+from kubetune.api.locations import location_kind
 
 CONFIG_DIR = "/etc/kubetune"
 CONFIG_KEY = "config.yaml"
@@ -405,8 +406,7 @@ def cluster_problems(job: api.FineTuneJob) -> list[str]:
     places = [("spec.model.source", job.spec.model.source), ("spec.output.uri", job.spec.output.uri)]
     places += [(f"spec.datasets[{i}].source", d.source) for i, d in enumerate(job.spec.datasets)]
     for where, value in places:
-        is_path = value.startswith(("/", "./", "../", "~", "file://"))
-        if is_path and not _mounted(value, job):
+        if location_kind(value) == "path" and not _mounted(value, job):
             problems.append(
                 f"{where}: '{value}' is a path, but no spec.volumes entry mounts it in the training pods; "
                 "use an s3:// URI (or a hub id), or mount a PersistentVolumeClaim there"

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.locations import local_path, location_kind
 from kubetune.trainer.failures import ExitCode, TrainerError
 
 if TYPE_CHECKING:
@@ -26,13 +27,12 @@ _DONE_MARKER = ".kubetune-complete"
 
 def fetch_model(cfg: RunConfig) -> Path:
     """A local directory holding the base model. Call on one process per node first (it downloads)."""
-    from kubetune.storage import is_remote
-
     source = cfg.spec.model.source
-    if is_remote(source):
+    kind = location_kind(source)
+    if kind == "s3":
         return _fetch_s3(source, cfg)
-    if source.startswith("file://") or source.startswith(("/", ".", "~")):
-        path = Path(source.removeprefix("file://")).expanduser()
+    if kind == "path":
+        path = local_path(source)
         if not (path / "config.json").is_file():
             raise TrainerError(
                 ExitCode.MODEL,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kubetune import storage as st
+from kubetune.api.locations import location_kind
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
@@ -31,7 +32,6 @@ from kubetune.trainer.data.sources import (
     SourceFile,
     fetch,
     hub_rows,
-    is_hub_id,
     read_rows,
 )
 from kubetune.trainer.data.tokenize import DROPPED, FAILED, IGNORE, TRUNCATED, assistant_spans, encode_batch
@@ -94,7 +94,7 @@ def _fetch_source(
 ) -> _Source:
     src = _Source(source, split, fmt, mapping, max_samples)
     try:
-        if is_hub_id(source):
+        if location_kind(source) == "hub":
             src.hub = True
         else:
             src.files = fetch(source, opts)

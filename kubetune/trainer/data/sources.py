@@ -14,15 +14,14 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kubetune import storage
+from kubetune.api.locations import DATA_SUFFIXES
 from kubetune.trainer.data.formats import RowError
 
 log = logging.getLogger("kubetune.data")
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # Windows tools (Notepad, Excel's "CSV UTF-8") start files with a byte order mark; it is not part of row 1.
 _ENCODING = "utf-8-sig"
 # LLaMA-Factory keeps its dataset registry beside the data; it is not data.
@@ -48,12 +47,6 @@ class Row:
     file: str
     row: int
     value: dict[str, Any] | RowError
-
-
-def is_hub_id(source: str) -> bool:
-    if "://" in source or source.startswith(("/", ".", "~")) or source.lower().endswith(DATA_SUFFIXES):
-        return False
-    return not Path(source).exists()
 
 
 def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[str]:

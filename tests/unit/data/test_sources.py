@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.trainer.data.formats import RowError
-from kubetune.trainer.data.sources import SourceError, SourceFile, is_hub_id, list_data_files, read_rows
+from kubetune.trainer.data.sources import SourceError, SourceFile, list_data_files, read_rows
 
 
 def rows_of(name: str, data: bytes) -> list[tuple[int, object]]:
@@ -63,11 +63,6 @@ def test_prefix_listing_skips_non_data_files_and_says_when_nothing_is_there(tmp_
         list_data_files(str(tmp_path / "empty"), None)
     with pytest.raises(SourceError, match="not found"):
         list_data_files(str(tmp_path / "missing.jsonl"), None)
-
-
-def test_hub_ids_are_told_apart_from_paths() -> None:
-    assert is_hub_id("tatsu-lab/alpaca")
-    assert not is_hub_id("s3://b/k") and not is_hub_id("./d.jsonl") and not is_hub_id("data.jsonl")
 
 
 BOM = b"\xef\xbb\xbf"

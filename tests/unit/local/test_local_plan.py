@@ -107,3 +107,14 @@ def test_a_relative_path_without_dot_prefers_a_file_beside_the_job(tmp_path: Pat
     p = local.plan(path, work_root=tmp_path, cuda_devices=0)
     assert p.job.spec.datasets[0].source == str(tmp_path / "data" / "train.jsonl")
     assert p.job.spec.datasets[1].source == "org/hub-dataset"
+
+
+def test_a_hub_id_that_also_names_a_local_directory_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """`models/tiny` is a hub id in a pod; a laptop must not quietly read it as the directory beside the job."""
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["model"]["source"] = "models/tiny"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=r"write './models/tiny'"):
+        local.plan(path, work_root=tmp_path, cuda_devices=0)
