@@ -162,10 +162,25 @@ def work_dir(cache_dir: Path, namespace: str, name: str, output_uri: str, node: 
     return cache_dir / "runs" / f"{namespace}-{name}-{key}" / f"node-{node}"
 
 
-def load_run_config(config_path: str, env: dict[str, str] | None = None) -> RunConfig:
-    """Read the FineTuneJob (SpecError on a bad file) and resolve everything the run needs."""
-    import torch
+@dataclass(frozen=True)
+class Accelerator:
+    """What this process can train on; passed in so that tests do not depend on the machine's GPUs."""
 
+    cuda: bool
+    bf16: bool
+
+    @classmethod
+    def detect(cls) -> Accelerator:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return cls(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+
+
+def load_run_config(
+    config_path: str, env: dict[str, str] | None = None, accelerator: Accelerator | None = None
+) -> RunConfig:
+    """Read the FineTuneJob (SpecError on a bad file) and resolve everything the run needs."""
     from kubetune.api.validation import load_job_file
     from kubetune.storage import StorageOptions
 
@@ -174,7 +189,7 @@ def load_run_config(config_path: str, env: dict[str, str] | None = None) -> RunC
     cache_dir = Path(env.get("KUBETUNE_CACHE_DIR") or Path.home() / ".cache" / "kubetune").expanduser()
     name = env.get("KUBETUNE_JOB_NAME") or job.name
     namespace = env.get("KUBETUNE_JOB_NAMESPACE") or job.namespace
-    cuda = torch.cuda.is_available()
+    accelerator = accelerator or Accelerator.detect()
     return RunConfig(
         job=job,
         config_path=config_path,
@@ -184,7 +199,7 @@ def load_run_config(config_path: str, env: dict[str, str] | None = None) -> RunC
         output=OutputLayout(job.spec.output.uri),
         storage=StorageOptions.from_spec(job.spec.storage),
         precision=resolve_precision(
-            str(job.spec.training.precision), cuda=cuda, bf16_supported=cuda and torch.cuda.is_bf16_supported()
+            str(job.spec.training.precision), cuda=accelerator.cuda, bf16_supported=accelerator.bf16
         ),
-        device="cuda" if cuda else "cpu",
+        device="cuda" if accelerator.cuda else "cpu",
     )

@@ -3,9 +3,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kubetune.trainer.config import Distributed, load_run_config, parse_size, resolve_precision
+from kubetune.trainer.config import Accelerator, Distributed, load_run_config, parse_size, resolve_precision
 from kubetune.trainer.failures import TrainerError
 from kubetune.trainer.model import fetch_model, lora_config
+
+# What the assertions below expect, whatever GPUs the machine running the tests has.
+CPU = Accelerator(cuda=False, bf16=False)
 
 
 @pytest.mark.parametrize(
@@ -62,15 +65,28 @@ def test_run_config_layout_and_env(tmp_path):
         "RANK": "1",
         "WORLD_SIZE": "2",
     }
-    cfg = load_run_config(_job_file(tmp_path), env)
+    cfg = load_run_config(_job_file(tmp_path), env, CPU)
     assert cfg.work_dir.parent.parent == tmp_path / "cache" / "runs" and cfg.work_dir.name == "node-1"
     assert cfg.work_dir.parent.name.startswith("team-demo-x-")
     assert cfg.output.checkpoints == "s3://out/runs/demo/checkpoints"
     assert cfg.output.manifest == "s3://out/runs/demo/manifest.json"
     assert cfg.output.model == "s3://out/runs/demo/model"
     assert cfg.dist.world_size == 2 and not cfg.dist.is_main
-    assert cfg.precision == "fp32"  # the spec's default bf16, on this CPU-only machine
+    assert cfg.precision == "fp32"  # the spec's default bf16, on a CPU-only machine
     assert cfg.merges
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "precision", "device"),
+    [
+        (Accelerator(cuda=True, bf16=True), "bf16", "cuda"),
+        (Accelerator(cuda=True, bf16=False), "fp16", "cuda"),
+        (Accelerator(cuda=False, bf16=False), "fp32", "cpu"),
+    ],
+)
+def test_precision_and_device_follow_the_accelerator(tmp_path, accelerator, precision, device):
+    cfg = load_run_config(_job_file(tmp_path), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}, accelerator)
+    assert (cfg.precision, cfg.device) == (precision, device)
 
 
 def test_missing_local_model_is_a_model_error(tmp_path):
@@ -106,7 +122,7 @@ def test_training_arguments_follow_the_spec(tmp_path, training, warmup, length):
         "training": {"checkpointEverySteps": 25, "keepCheckpoints": 3, **training},
         "data": {"validationSplit": 0.1},
     }
-    cfg = load_run_config(_job_file(tmp_path, **spec), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
+    cfg = load_run_config(_job_file(tmp_path, **spec), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}, CPU)
     args = training_arguments(cfg)
     assert args.warmup_steps == warmup
     for key, value in length.items():
