@@ -140,6 +140,9 @@ def _message(err: Any) -> tuple[tuple[int | str, ...], str]:
         return loc, f"must have at least {n} {what}{'s' if n != 1 else ''}"
     if kind in ("too_long", "string_too_long"):
         return loc, f"must have at most {ctx.get('max_length')} {'characters' if 'string' in kind else 'items'}"
+    if kind == "string_pattern_mismatch":
+        meaning = api.PATTERN_MEANINGS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
+        return loc, f"{_shown(value)} {meaning}"
     if kind == "value_error":
         return loc, str(ctx.get("error", err["msg"]))
     return loc, str(err["msg"])
