@@ -6,6 +6,10 @@ them, the renderer reads them, and the trainer reads the same resolved object fr
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 Every field carries a description so that `kubectl explain finetunejob.spec...` is useful.
+
+Longer than our ~600-line guide on purpose: the whole wire schema in one file, read top to bottom
+like Kubeflow's `trainjob_types.go`; the rules it shares with other code live beside it
+(`envvars.py`, `validation.py`).
 """
 
 from __future__ import annotations
@@ -716,7 +720,11 @@ class EnvVarSpec(_Model):
     )
 
     name: str = Field(
-        description="Variable name (e.g. HF_TOKEN).", min_length=1, max_length=ENV_NAME_MAX, pattern=ENV_NAME_PATTERN
+        description="Variable name (e.g. HF_TOKEN). Names that kubetune, torchrun or the Kubeflow controller set "
+        "(KUBETUNE_*, PET_*, MASTER_ADDR, RANK, HF_HOME, AWS_* credentials and endpoint, ...) are reserved.",
+        min_length=1,
+        max_length=ENV_NAME_MAX,
+        pattern=ENV_NAME_PATTERN,
     )
     value: str | None = Field(default=None, description="A plain value (never a credential: it is stored as is).")
     secret_key_ref: SecretKeySelector | None = Field(
