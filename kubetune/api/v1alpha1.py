@@ -6,6 +6,10 @@ them, the renderer reads them, and the trainer reads the same resolved object fr
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 Every field carries a description so that `kubectl explain finetunejob.spec...` is useful.
+
+Longer than our ~600-line guide on purpose: the whole wire schema in one file, read top to bottom
+like Kubeflow's `trainjob_types.go`; the rules it shares with other code live beside it
+(`envvars.py`, `validation.py`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,19 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.envvars import (
+    ENV_NAME_MAX,
+    ENV_NAME_PATTERN,
+    credential_cel,
+    env_name_cel,
+    env_name_problem,
+    looks_like_credential,
+)
 from kubetune.api.locations import OUTPUT_PATTERN, SOURCE_PATTERN, location_kind
 
 GROUP = "kubetune.io"
@@ -31,31 +43,36 @@ SHORT_NAMES = ["ftj"]
 # Marks a field whose content is a free-form Kubernetes object (affinity, tolerations) in the CRD.
 PRESERVE_UNKNOWN: dict[str, JsonValue] = {"x-kubernetes-preserve-unknown-fields": True}
 
-_QUANTITY_RE = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-_QUANTITY = re.compile(_QUANTITY_RE)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Each string rule once: pydantic checks it (Field(pattern=...)), the CRD carries it as `pattern`,
+# and PATTERN_MEANINGS gives `kubetune validate` the words for a mismatch.
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
-# Variables the trainer and torchrun own; a user value would silently break the run.
-RESERVED_ENV_PREFIXES = ("KUBETUNE_", "PET_", "TORCHELASTIC_")
-RESERVED_ENV = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK"}
-_CREDENTIAL_WORDS = {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "CREDENTIALS"}
-
-
-def looks_like_credential(name: str) -> bool:
-    """HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY: yes. TOKENIZERS_PARALLELISM, MAX_TOKENS,
-    HF_HUB_DISABLE_IMPLICIT_TOKEN (a switch): no."""
-    words = name.upper().split("_")
-    return "DISABLE" not in words and (words[-1] in _CREDENTIAL_WORDS or "SECRET" in words or "PASSWORD" in words)
+ENDPOINT_PATTERN = r"^https?://[^/\s]+"
+SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"
+PATTERN_MEANINGS = {
+    QUANTITY_PATTERN: "is not a Kubernetes quantity (e.g. 8, 500m, 64Gi)",
+    DNS_LABEL_PATTERN: "is not a valid name: lowercase letters, digits and '-', starting and ending with a "
+    "letter or digit",
+    DNS_SUBDOMAIN_PATTERN: "is not a valid Secret name (lowercase letters, digits, '-' and '.')",
+    LABEL_VALUE_PATTERN: "is not a valid label value (letters, digits, '-', '_', '.', at most 63)",
+    ENDPOINT_PATTERN: "is not an http(s):// endpoint URL",
+    SIZE_PATTERN: "is not a size such as 5GB or 500MB",
+    ENV_NAME_PATTERN: "is not a valid environment variable name (letters, digits, '_', '-', '.'; no '=')",
+}
+# Upper bounds the API server would enforce on its int64 fields, tighter where the trainer needs it:
+# step counts are int32 in transformers/torch, a seed must fit numpy's 32 bits.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+SEED_MAX = 2**32 - 1
+MAX_EPOCHS = 10_000
+# The API server's limit on metadata.annotations, keys and values together (TotalAnnotationSizeLimitB).
+ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 
 def _pattern(regex: str) -> dict[str, Any]:
     return {"pattern": regex}
-
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
 def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
@@ -70,6 +87,7 @@ class _Model(BaseModel):
         extra="forbid",
         use_enum_values=True,
         validate_default=True,
+        allow_inf_nan=False,  # JSON has no Infinity or NaN: the API server could not store them
     )
 
 
@@ -91,22 +109,10 @@ class DatasetSplit(str, Enum):
 
 
 # Template names follow LLaMA-Factory's. `auto` means the tokenizer's own chat template.
-TEMPLATE_NAMES = (
-    "auto",
-    "default",
-    "chatml",
-    "qwen",
-    "llama3",
-    "llama2",
-    "mistral",
-    "gemma",
-    "phi",
-    "deepseek",
-    "alpaca",
-)
 TemplateName = Literal[
     "auto", "default", "chatml", "qwen", "llama3", "llama2", "mistral", "gemma", "phi", "deepseek", "alpaca"
 ]
+TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
 
 class MethodType(str, Enum):
@@ -258,7 +264,7 @@ class DatasetSpec(_Model):
         description="train, or validation to use this dataset only for evaluation.",
     )
     max_samples: int | None = Field(
-        default=None, ge=1, description="Use at most this many rows of this dataset (the first ones)."
+        default=None, ge=1, le=INT32_MAX, description="Use at most this many rows of this dataset (the first ones)."
     )
 
     @field_validator("source")
@@ -296,7 +302,9 @@ class LoraSpec(_Model):
     """LoRA adapter settings (also used by qlora)."""
 
     rank: int = Field(default=16, gt=0, le=1024, description="LoRA rank r.")
-    alpha: int = Field(default=32, gt=0, description="LoRA alpha (scaling = alpha / rank, or alpha / sqrt(rank)).")
+    alpha: int = Field(
+        default=32, gt=0, le=INT32_MAX, description="LoRA alpha (scaling = alpha / rank, or alpha / sqrt(rank))."
+    )
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["all"],
@@ -381,15 +389,20 @@ class TrainingSpec(_Model):
     )
 
     epochs: float | None = Field(
-        default=None, gt=0, description="Passes over the training data (default 3 when maxSteps is unset)."
+        default=None,
+        gt=0,
+        le=MAX_EPOCHS,
+        description="Passes over the training data (default 3 when maxSteps is unset).",
     )
-    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many optimizer steps.")
+    max_steps: int | None = Field(default=None, gt=0, le=INT32_MAX, description="Stop after this many optimizer steps.")
     learning_rate: float = Field(default=2e-4, gt=0, lt=1, description="Peak learning rate.")
     lr_scheduler: Scheduler = Field(default=Scheduler.cosine, description="Learning-rate schedule.")
     warmup_ratio: float | None = Field(
         default=None, ge=0, lt=1, description="Fraction of steps spent warming up (default 0.03)."
     )
-    warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up steps (instead of warmupRatio).")
+    warmup_steps: int | None = Field(
+        default=None, ge=0, le=INT32_MAX, description="Warm-up steps (instead of warmupRatio)."
+    )
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
     per_device_batch_size: int = Field(default=1, ge=1, le=1024, description="Sequences per process per step.")
@@ -402,15 +415,15 @@ class TrainingSpec(_Model):
     precision: Precision = Field(default=Precision.bf16, description="bf16, fp16 or fp32 (fp32 on CPU).")
     gradient_checkpointing: bool = Field(default=True, description="Trade compute for activation memory.")
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
-    seed: int = Field(default=42, ge=0, description="Seed for initialisation, shuffling and dropout.")
+    seed: int = Field(default=42, ge=0, le=SEED_MAX, description="Seed for initialisation, shuffling and dropout.")
     checkpoint_every_steps: int = Field(
-        default=200, ge=1, description="Save a resumable checkpoint to the output URI every N steps."
+        default=200, ge=1, le=INT32_MAX, description="Save a resumable checkpoint to the output URI every N steps."
     )
     keep_checkpoints: int = Field(default=2, ge=1, le=100, description="Complete checkpoints to keep.")
     eval_every_steps: int | None = Field(
-        default=None, ge=1, description="Evaluate every N steps (default: at each checkpoint)."
+        default=None, ge=1, le=INT32_MAX, description="Evaluate every N steps (default: at each checkpoint)."
     )
-    logging_steps: int = Field(default=10, ge=1, description="Report progress every N steps.")
+    logging_steps: int = Field(default=10, ge=1, le=INT32_MAX, description="Report progress every N steps.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
@@ -434,12 +447,14 @@ class Toleration(_Model):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate (empty = all)."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay bound.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=-INT64_MAX, le=INT64_MAX, description="For NoExecute: how long to stay bound."
+    )
 
 
-def _check_quantity(v: str | None, what: str) -> str | None:
-    if v is not None and not _QUANTITY.match(str(v)):
-        raise ValueError(f"'{v}' is not a Kubernetes quantity for {what} (e.g. 8, 500m, 64Gi)")
+def _check_quantity(v: str | None) -> str | None:
+    if v is not None and not re.match(QUANTITY_PATTERN, v):
+        raise ValueError(f"'{v}' {PATTERN_MEANINGS[QUANTITY_PATTERN]}")
     return v
 
 
@@ -454,17 +469,17 @@ class ResourcesSpec(_Model):
     cpu: str | int | None = Field(
         default=None,
         description="CPU request and limit per pod (e.g. 32 or 500m).",
-        json_schema_extra=_pattern(_QUANTITY_RE),
+        json_schema_extra=_pattern(QUANTITY_PATTERN),
     )
     memory: str | int | None = Field(
         default=None,
         description="Memory request and limit per pod (e.g. 256Gi).",
-        json_schema_extra=_pattern(_QUANTITY_RE),
+        json_schema_extra=_pattern(QUANTITY_PATTERN),
     )
     shared_memory: str | int = Field(
         default="16Gi",
         description="Size of the memory-backed /dev/shm (NCCL and data loaders need it).",
-        json_schema_extra=_pattern(_QUANTITY_RE),
+        json_schema_extra=_pattern(QUANTITY_PATTERN),
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector.")
     tolerations: list[Toleration] | None = Field(
@@ -486,8 +501,9 @@ class ResourcesSpec(_Model):
     @field_validator("cpu", "memory", "shared_memory")
     @classmethod
     def _quantity(cls, v: str | int | None) -> str | None:
-        # Kubernetes quantities are int-or-string; keep one type (str) from here on.
-        return _check_quantity(None if v is None else str(v), "a resource")
+        # Kubernetes quantities are int-or-string, and pydantic puts no pattern on a union: check here,
+        # and keep one type (str) from here on.
+        return _check_quantity(None if v is None else str(v))
 
     @property
     def procs_per_node(self) -> int:
@@ -503,8 +519,24 @@ class NcclSpec(_Model):
     ib_disable: bool = Field(default=False, description="NCCL_IB_DISABLE: turn InfiniBand/RoCE off.")
     debug: NcclDebug = Field(default=NcclDebug.warn, description="NCCL_DEBUG level.")
     env: dict[str, str] | None = Field(
-        default=None, description="Extra NCCL_* (or other) environment variables for every training container."
+        default=None,
+        max_length=64,
+        description="Extra NCCL_* (or other) environment variables for every training container. Plain values: "
+        "no credentials, and no names kubetune, torchrun or the Kubeflow controller set.",
     )
+    # No CEL twin for these key rules: a structural schema cannot bound the length of map keys, so
+    # the API server would estimate any rule over them as too costly and refuse the whole CRD.
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for key in env or {}:
+            problem = env_name_problem(key)
+            if problem is None and looks_like_credential(key):
+                problem = f"{key} looks like a credential: use spec.env with secretKeyRef instead"
+            if problem is not None:
+                raise ValueError(problem)
+        return env
 
 
 class NetworkSpec(_Model):
@@ -534,20 +566,13 @@ class OutputSpec(_Model):
     shard_size: str = Field(
         default="5GB",
         description="Maximum safetensors shard size of the saved model.",
-        json_schema_extra=_pattern(r"^[0-9]+(\.[0-9]+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$"),
+        pattern=SIZE_PATTERN,
     )
 
     @field_validator("uri")
     @classmethod
     def _uri(cls, v: str) -> str:
         return check_storage_uri(v, what="output uri", allow_hub=False)
-
-    @field_validator("shard_size")
-    @classmethod
-    def _shard(cls, v: str) -> str:
-        if not _SIZE.match(v):
-            raise ValueError(f"'{v}' is not a size such as 5GB or 500MB")
-        return v
 
 
 class SecretKeyRefs(_Model):
@@ -556,18 +581,12 @@ class SecretKeyRefs(_Model):
     name: str = Field(
         description="Secret name in the FineTuneJob's namespace.",
         min_length=1,
-        json_schema_extra=_pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
     )
     access_key_id_key: str = Field(default="AWS_ACCESS_KEY_ID", description="Key of the access key id.")
     secret_access_key_key: str = Field(default="AWS_SECRET_ACCESS_KEY", description="Key of the secret access key.")
     session_token_key: str | None = Field(default=None, description="Key of a session token, if the Secret has one.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", v) or len(v) > 253:
-            raise ValueError(f"'{v}' is not a valid Secret name")
-        return v
 
 
 class StorageSpec(_Model):
@@ -576,7 +595,7 @@ class StorageSpec(_Model):
     endpoint: str | None = Field(
         default=None,
         description="S3 endpoint URL for MinIO/Ceph/SeaweedFS (https://minio.example:9000). Unset: AWS.",
-        json_schema_extra=_pattern(r"^https?://[^/\s]+"),
+        pattern=ENDPOINT_PATTERN,
     )
     region: str | None = Field(default=None, description="S3 region (e.g. us-east-1).")
     credentials_secret: SecretKeyRefs | None = Field(
@@ -587,13 +606,6 @@ class StorageSpec(_Model):
         default="auto", description="S3 addressing style (path for most MinIO/Ceph setups)."
     )
 
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"'{v}' is not an http(s):// endpoint URL")
-        return v
-
 
 class RunPolicySpec(_Model):
     """Kubeflow run policy."""
@@ -602,38 +614,57 @@ class RunPolicySpec(_Model):
         default=3, ge=0, le=100, description="Pod restarts before the job fails (each resumes from a checkpoint)."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job after it has run this long."
+        default=None, ge=1, le=INT64_MAX, description="Fail the job after it has run this long."
     )
     ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the PyTorchJob's pods this long after it finishes."
+        default=None, ge=0, le=INT32_MAX, description="Delete the PyTorchJob's pods this long after it finishes."
     )
+
+
+# The renderer's own volumes and mount paths; a user volume may not take them.
+RENDERER_VOLUMES = ("dshm", "config", "cache")
+RENDERER_MOUNT_PATHS = ("/dev/shm", "/etc/kubetune", "/var/cache/kubetune")
+
+
+def _cel_list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
 
 
 class VolumeSpec(_Model):
     """A PersistentVolumeClaim mounted into every training pod (models, data or output on a PVC)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (f"!(self.name in {_cel_list(RENDERER_VOLUMES)})", f"name must not be {', '.join(RENDERER_VOLUMES)}"),
+            (
+                f"self.mountPath.matches('[^/]') && !{_cel_list(RENDERER_MOUNT_PATHS)}"
+                ".exists(t, self.mountPath == t || self.mountPath.startsWith(t + '/'))",
+                f"mountPath must be an absolute path other than /, {', '.join(RENDERER_MOUNT_PATHS)}",
+            ),
+        )
+    )
+
     name: str = Field(
-        description="Volume name (a DNS label, unique in the job).",
-        json_schema_extra=_pattern(DNS_LABEL_PATTERN),
+        description="Volume name (a DNS label, unique in the job).", max_length=63, pattern=DNS_LABEL_PATTERN
     )
     claim_name: str = Field(description="PersistentVolumeClaim name in the job's namespace.", min_length=1)
-    mount_path: str = Field(description="Absolute mount path, e.g. /models.", json_schema_extra=_pattern("^/.*"))
+    # maxLength bounds the CEL cost estimate of the rules that compare paths (PATH_MAX).
+    mount_path: str = Field(description="Absolute mount path, e.g. /models.", max_length=4096, pattern="^/")
     read_only: bool = Field(default=False, description="Mount read-only (fine for models and data).")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if len(v) > 63 or not _DNS_LABEL.match(v) or v in ("dshm", "config", "cache"):
-            raise ValueError(f"'{v}' is not a usable volume name (a DNS label other than dshm, config, cache)")
+        if v in RENDERER_VOLUMES:
+            raise ValueError(f"'{v}' is taken by kubetune's own volumes ({', '.join(RENDERER_VOLUMES)})")
         return v
 
     @field_validator("mount_path")
     @classmethod
     def _mount(cls, v: str) -> str:
-        taken = ("/dev/shm", "/etc/kubetune", "/var/cache/kubetune")
         path = v.rstrip("/")
-        if not v.startswith("/") or path == "" or any(path == t or path.startswith(t + "/") for t in taken):
-            raise ValueError(f"'{v}' must be an absolute path other than /, {', '.join(taken)}")
+        if path == "" or any(path == t or path.startswith(t + "/") for t in RENDERER_MOUNT_PATHS):
+            raise ValueError(f"'{v}' must be an absolute path other than /, {', '.join(RENDERER_MOUNT_PATHS)}")
         return v
 
 
@@ -650,10 +681,21 @@ class EnvVarSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             ("has(self.value) != has(self.secretKeyRef)", "set exactly one of value and secretKeyRef"),
+            *((rule, f"name: {message}") for rule, message in env_name_cel("self.name")),
+            (
+                f"!has(self.value) || !{credential_cel('self.name')}",
+                "the name looks like a credential: use secretKeyRef so it is not stored in plain text",
+            ),
         )
     )
 
-    name: str = Field(description="Variable name (e.g. HF_TOKEN).", json_schema_extra=_pattern(_ENV_NAME.pattern))
+    name: str = Field(
+        description="Variable name (e.g. HF_TOKEN). Names that kubetune, torchrun or the Kubeflow controller set "
+        "(KUBETUNE_*, PET_*, MASTER_ADDR, RANK, HF_HOME, AWS_* credentials and endpoint, ...) are reserved.",
+        min_length=1,
+        max_length=ENV_NAME_MAX,
+        pattern=ENV_NAME_PATTERN,
+    )
     value: str | None = Field(default=None, description="A plain value (never a credential: it is stored as is).")
     secret_key_ref: SecretKeySelector | None = Field(
         default=None, description="Take the value from a Secret key (HF_TOKEN, WANDB_API_KEY...)."
@@ -662,10 +704,9 @@ class EnvVarSpec(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _ENV_NAME.match(v):
-            raise ValueError(f"'{v}' is not a valid environment variable name")
-        if v in RESERVED_ENV or v.startswith(RESERVED_ENV_PREFIXES):
-            raise ValueError(f"{v} is set by kubetune/torchrun and cannot be overridden")
+        problem = env_name_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -696,6 +737,15 @@ class FineTuneJobSpec(_Model):
                 "!(has(self.training) && has(self.training.precision) && self.training.precision == 'fp16'"
                 " && has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode == 0)",
                 "training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0",
+            ),
+            (
+                "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
+                "volumes: names must be unique",
+            ),
+            (
+                "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.mountPath == v.mountPath"
+                " || w.mountPath == v.mountPath + '/' || w.mountPath + '/' == v.mountPath))",
+                "volumes: mountPath must be unique (the API server refuses such pods)",
             ),
         )
     )
@@ -734,22 +784,15 @@ class FineTuneJobSpec(_Model):
         default=None,
         description="Kueue LocalQueue name (sets the kueue.x-k8s.io/queue-name label).",
         max_length=63,
-        json_schema_extra=_pattern(LABEL_VALUE_PATTERN),
+        pattern=LABEL_VALUE_PATTERN,
     )
     priority: str | None = Field(
         default=None,
         description="Kueue WorkloadPriorityClass name (sets the kueue.x-k8s.io/priority-class label).",
         max_length=63,
-        json_schema_extra=_pattern(LABEL_VALUE_PATTERN),
+        pattern=LABEL_VALUE_PATTERN,
     )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
-
-    @field_validator("queue_name", "priority")
-    @classmethod
-    def _label_value(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not v or not _LABEL_VALUE.match(v)):
-            raise ValueError(f"'{v}' is not a valid label value (letters, digits, '-', '_', '.', at most 63)")
-        return v
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -766,11 +809,6 @@ class FineTuneJobSpec(_Model):
         paths = [v.mount_path.rstrip("/") for v in self.volumes or []]
         if len(set(paths)) != len(paths):
             raise ValueError("volumes: mountPath must be unique (the API server refuses such pods)")
-        for key in self.network.nccl.env or {}:
-            if looks_like_credential(key):
-                raise ValueError(
-                    f"network.nccl.env.{key} looks like a credential: use spec.env with secretKeyRef instead"
-                )
         return self
 
 
@@ -784,7 +822,10 @@ class Condition(_Model):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(description="Condition type (Ready, Validated, Training, Succeeded, Failed...).")
+    type: str = Field(
+        description="Condition type: Validated, PyTorchJobCreated, SpecApplied, Running, Suspended, Ready, Stalled, "
+        "Succeeded or Failed."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable details.")
@@ -864,20 +905,21 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    name: str = Field(min_length=1, max_length=253)
+    # A DNS label, stricter than the API server's subdomain: the name is part of pod and Service names.
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_LABEL_PATTERN)
     namespace: str | None = None
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
     uid: str | None = None
     generation: int | None = None
 
-    @field_validator("name")
+    @field_validator("annotations")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", v):
+    def _annotations(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        size = sum(len(k.encode()) + len(val.encode()) for k, val in (v or {}).items())
+        if size > ANNOTATIONS_MAX_BYTES:
             raise ValueError(
-                f"'{v}' is not a valid name: lowercase letters, digits and '-', starting and ending "
-                "with a letter or digit"
+                f"{size} bytes of annotations; the API server takes at most {ANNOTATIONS_MAX_BYTES} (256 KiB)"
             )
         return v
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +140,9 @@ def _message(err: Any) -> tuple[tuple[int | str, ...], str]:
         return loc, f"must have at least {n} {what}{'s' if n != 1 else ''}"
     if kind in ("too_long", "string_too_long"):
         return loc, f"must have at most {ctx.get('max_length')} {'characters' if 'string' in kind else 'items'}"
+    if kind == "string_pattern_mismatch":
+        meaning = api.PATTERN_MEANINGS.get(str(ctx.get("pattern")), f"does not match {ctx.get('pattern')}")
+        return loc, f"{_shown(value)} {meaning}"
     if kind == "value_error":
         return loc, str(ctx.get("error", err["msg"]))
     return loc, str(err["msg"])
@@ -178,9 +182,81 @@ def parse_job(doc: Any, source: str = "") -> api.FineTuneJob:
         raise SpecError(problems_from_validation_error(exc, source)) from None
 
 
+# Limits that keep hostile input cheap to refuse. The API server takes request bodies up to 3 MiB;
+# no FineTuneJob comes near 100 levels or 100,000 nodes (an affinity is about 10 levels deep).
+MAX_FILE_BYTES = 3 * 1024 * 1024
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where `1e-4` is a string; kubectl (YAML 1.2) sends it as a number.
-    Resolve 1.2-style floats so `kubetune validate` agrees with the API server."""
+    """A SafeLoader (no arbitrary objects) that reads YAML the way the API server does, and refuses
+    what the API server's decoder refuses or what would expand without bound:
+
+    - PyYAML reads YAML 1.1, where `1e-4` is a string; kubectl (YAML 1.2) sends it as a number.
+    - A key twice in one mapping is an error (the API server's strict decoding refuses it too);
+      PyYAML would silently keep the last one.
+    - Aliases are shared on load but copied by every later step: a 1 KB "billion laughs" file
+      expands to 10^9 nodes, so the expanded size is counted before anything copies it.
+    - The composer recurses once per level; deep nesting is refused before Python's stack runs out.
+    """
+
+    def compose_document(self) -> yaml.Node | None:
+        self._depth = 0
+        node = super().compose_document()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_NODES:
+            raise yaml.composer.ComposerError(
+                None, None, f"the document expands to more than {MAX_NODES} nodes (YAML aliases?)", node.start_mark
+            )
+        return node
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue  # `<<: *defaults` then overriding a key is what merge keys are for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: the base constructor says so
+            if earlier != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {earlier})", key_node.start_mark
+                )
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes in the document once every alias is copied out; linear in the distinct nodes."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
 
 
 _Loader.add_implicit_resolver(
@@ -190,10 +266,31 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_documents(text: str, source: str = "") -> list[tuple[str, Any]]:
-    """Split YAML text into (label, document) pairs; empty documents are skipped."""
+def read_job_text(path: str) -> str:
+    """A FineTuneJob file's text, or stdin's for '-'. Raises SpecError (never a traceback) when it
+    cannot be read or is larger than the API server would take."""
+    source = "<stdin>" if path == "-" else path
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))  # a SafeLoader subclass: no arbitrary objects
+        if path == "-":
+            text = sys.stdin.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SpecError([Problem("", f"cannot read file: {exc.strerror}", source)]) from None
+    except UnicodeDecodeError:
+        raise SpecError([Problem("", "file is not UTF-8 text", source)]) from None
+    if len(text.encode("utf-8")) > MAX_FILE_BYTES:
+        limit = MAX_FILE_BYTES // (1024 * 1024)
+        raise SpecError([Problem("", f"file is larger than {limit} MiB, the API server's request limit", source)])
+    return text
+
+
+def load_documents(text: str, source: str = "") -> list[tuple[str, Any]]:
+    """Split YAML text into (label, document) pairs; empty documents are skipped. The one YAML
+    reader of every command that takes a FineTuneJob file."""
+    try:
+        docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -225,14 +322,7 @@ def load_jobs(text: str, source: str = "") -> list[api.FineTuneJob]:
 
 def load_job_file(path: str) -> api.FineTuneJob:
     """Exactly one FineTuneJob from a file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise SpecError([Problem("", f"cannot read file: {exc.strerror}", path)]) from None
-    except UnicodeDecodeError:
-        raise SpecError([Problem("", "file is not UTF-8 text", path)]) from None
-    jobs = load_jobs(text, path)
+    jobs = load_jobs(read_job_text(path), path)
     if len(jobs) != 1:
         raise SpecError([Problem("", f"expected one FineTuneJob, found {len(jobs)}", path)])
     return jobs[0]

@@ -33,12 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune import render
-    from kubetune.api.validation import SpecError, load_jobs
-    from kubetune.cli.validate import read_text
+    from kubetune.api.validation import SpecError, load_jobs, read_job_text
 
     source = "<stdin>" if args.file == "-" else args.file
     try:
-        jobs = load_jobs(read_text(args.file), source)
+        jobs = load_jobs(read_job_text(args.file), source)
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -27,30 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_text(path: str) -> str:
-    """A file's text or stdin for '-'; raises SpecError (never a traceback) when unreadable."""
-    from kubetune.api.validation import Problem, SpecError
-
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise SpecError([Problem("", f"cannot read file: {exc.strerror}", path)]) from None
-    except UnicodeDecodeError:
-        raise SpecError([Problem("", "file is not UTF-8 text", path)]) from None
-
-
 def run(args: argparse.Namespace) -> int:
-    from kubetune.api.validation import SpecError, load_jobs
+    from kubetune.api.validation import SpecError, load_jobs, read_job_text
     from kubetune.render import cluster_problems
 
     failed = 0
     for path in args.files:
         source = "<stdin>" if path == "-" else path
         try:
-            jobs = load_jobs(read_text(path), source)
+            jobs = load_jobs(read_job_text(path), source)
         except SpecError as exc:
             failed += 1
             for problem in exc.problems:

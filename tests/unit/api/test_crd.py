@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from kubetune.api.crd import build_crd, render_crd_yaml
+from tests.unit.api.test_validate_cli import BAD, BASE
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -192,3 +194,198 @@ def test_crd_patterns_reject_bad_strings(patch: dict[str, Any], fragment: str) -
     doc["spec"].update(patch)
     messages = " | ".join(e.message for e in _crd_validator().iter_errors(doc))
     assert fragment in messages
+
+
+# --------------------------------------------------------------------------------------------
+# What the API server does with a FineTuneJob, step by step, so that a test can ask "is every
+# spec `kubetune validate` refuses also refused at admission?":
+# 1. decode and prune: fields the structural schema does not declare are dropped, and reported as
+#    errors when the client asks for strict field validation (kubectl >= 1.27 does by default:
+#    `--validate=strict` sends fieldValidation=Strict); `null` in a non-nullable field is dropped
+#    silently (PruneNonNullableNullsWithoutDefaults), so CEL and the schema never see it;
+# 2. the OpenAPI schema (types, enums, patterns, bounds);
+# 3. the CEL rules, on what is left after pruning.
+# --------------------------------------------------------------------------------------------
+
+
+def _prune(schema: dict[str, Any], value: Any, path: str, unknown: list[str]) -> Any:
+    if isinstance(value, dict) and schema.get("type") == "object":
+        props = schema.get("properties")
+        if props is None:
+            extra = schema.get("additionalProperties")
+            if isinstance(extra, dict):
+                return {k: _prune(extra, v, f"{path}.{k}", unknown) for k, v in value.items() if v is not None}
+            return value  # free-form (x-kubernetes-preserve-unknown-fields)
+        kept = {}
+        for key, sub in value.items():
+            if key not in props:
+                if not schema.get("x-kubernetes-preserve-unknown-fields"):
+                    unknown.append(f"{path}.{key}" if path else key)
+                continue
+            if sub is None and not props[key].get("nullable"):
+                continue
+            kept[key] = _prune(props[key], sub, f"{path}.{key}" if path else key, unknown)
+        return kept
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_prune(schema["items"], v, f"{path}[{i}]", unknown) for i, v in enumerate(value)]
+    return value
+
+
+def _cel_failures(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    failed = [f"{path}: {m}" for m in _cel_ok(schema.get("x-kubernetes-validations", []), value)]
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            child = (schema.get("properties") or {}).get(key) or (
+                schema.get("additionalProperties") if isinstance(schema.get("additionalProperties"), dict) else None
+            )
+            if child is not None:
+                failed += _cel_failures(child, sub, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            failed += _cel_failures(schema["items"], sub, f"{path}[{i}]")
+    return failed
+
+
+def admission_errors(doc: dict[str, Any]) -> list[str]:
+    """Why the API server (with strict field validation) would refuse `doc`; [] if it would admit it."""
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    unknown: list[str] = []
+    pruned = _prune(schema, doc, "", unknown)
+    errors = [f"{u}: unknown field" for u in unknown]
+    errors += [e.message for e in jsonschema.Draft4Validator(schema).iter_errors(pruned)]
+    if not errors:  # the API server runs CEL only on values that passed the schema
+        errors += _cel_failures(schema, pruned, "")
+    return errors
+
+
+TYPOS = [
+    ("spec", "trainng"),
+    ("spec", "dataset"),
+    ("spec.model", "revison"),
+    ("spec.model", "trust_remote_code"),
+    ("spec.datasets[0]", "formatt"),
+    ("spec.data", "validation_split"),
+    ("spec.method", "Type"),
+    ("spec.method.lora", "rnak"),
+    ("spec.training", "learning_rate"),
+    ("spec.training", "epoch"),
+    ("spec.training.deepspeed", "stag"),
+    ("spec.resources", "gpus"),
+    ("spec.network", "hostNetwrok"),
+    ("spec.network.nccl", "socketIfName"),
+    ("spec.output", "url"),
+    ("spec.storage", "endpointUrl"),
+    ("spec.runPolicy", "backoff"),
+]
+
+
+def _with_typo(where: str, key: str) -> dict[str, Any]:
+    doc = copy.deepcopy(BASE)
+    node: Any = doc
+    for part in where.replace("[0]", ".0").split("."):
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[key] = 1
+    return doc
+
+
+# Specs `kubetune validate` refuses that our CRD cannot refuse, and why that is acceptable.
+NOT_REFUSED_BY_THE_CRD = {
+    # Not a FineTuneJob at all: kubectl cannot decode the file, or the API server routes the object
+    # by apiVersion/kind to another resource (or refuses an unknown kind) before our schema applies.
+    "not-yaml": "no object",
+    "scalar": "no object",
+    "api-version": "routed by apiVersion",
+    "kind": "routed by kind",
+    # metadata is the API server's own: it refuses both itself (a name must be a DNS subdomain,
+    # annotations at most 256 KiB); the CRD may not declare metadata beyond `type: object`.
+    "bad-name": "metadata is validated by the API server",
+    "annotations-huge": "metadata is validated by the API server",
+    # A null in a non-nullable field is pruned before validation: stored as if the line were not
+    # there, so the job gets the default. Neither schema nor CEL can see it (CEL treats null as
+    # absent); marking fields nullable would only make null a legal value.
+    "lr-null": "null is pruned before validation",
+    # .inf has no JSON form: kubectl's YAML-to-JSON conversion fails before anything is sent.
+    "inf": "refused by kubectl's JSON encoding",
+    # network.nccl.env is a map: a structural schema cannot bound its keys' length, so a CEL rule
+    # over the keys would be estimated too costly and the API server would refuse the CRD. The
+    # operator refuses these jobs (InvalidSpec) before it creates anything.
+    "nccl-secret": "no CEL over map keys",
+    **{f"nccl-env-{key}": "no CEL over map keys" for key in ["KUBETUNE_CONFIG", "KUBETUNE_JOB_NAME", "MASTER_ADDR"]},
+    **{f"nccl-env-{key}": "no CEL over map keys" for key in ["NCCL_DEBUG", "NCCL_X=1"]},
+}
+
+
+def _cli_refuses(doc: Any) -> bool:
+    from kubetune.api.validation import SpecError, load_jobs
+
+    try:
+        load_jobs(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    except SpecError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(("case", "doc"), [(b[0], b[1]) for b in BAD], ids=[b[0] for b in BAD])
+def test_every_spec_the_cli_refuses_is_refused_at_admission(case: str, doc: Any) -> None:
+    assert _cli_refuses(doc)
+    if case not in NOT_REFUSED_BY_THE_CRD:
+        assert admission_errors(doc) != []
+    elif isinstance(doc, dict):
+        assert admission_errors(doc) == [], "the CRD refuses this now: drop it from NOT_REFUSED_BY_THE_CRD"
+
+
+@pytest.mark.parametrize(("where", "key"), TYPOS, ids=[f"{w}.{k}" for w, k in TYPOS])
+def test_typos_at_every_level_are_unknown_fields_to_the_cli_and_the_crd(where: str, key: str) -> None:
+    doc = _with_typo(where, key)
+    assert _cli_refuses(doc)
+    assert f"{where}.{key}: unknown field" in admission_errors(doc)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_admitted(path: Path) -> None:
+    assert admission_errors(yaml.safe_load(path.read_text())) == []
+
+
+def test_the_crd_refuses_a_plain_credential_in_env_with_the_python_rule() -> None:
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["env"] = [{"name": "HF_TOKEN", "value": "hf_x"}]
+    assert any("looks like a credential" in e for e in admission_errors(doc))
+    doc["spec"]["env"] = [{"name": "HF_TOKEN", "secretKeyRef": {"name": "hf", "key": "token"}}]
+    assert admission_errors(doc) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "HF_TOKEN",
+        "WANDB_API_KEY",
+        "db_password_file",
+        "MY_SECRET_X",
+        "TOKENIZERS_PARALLELISM",
+        "MAX_TOKENS",
+        "HF_HUB_DISABLE_IMPLICIT_TOKEN",
+        "KEYBOARD",
+        "SECRETARY",
+        "NCCL_SOCKET_IFNAME",
+    ],
+)
+def test_cel_and_python_agree_on_credential_names(name: str) -> None:
+    import celpy
+
+    from kubetune.api.envvars import credential_cel, looks_like_credential
+
+    env = celpy.Environment()
+    cel = bool(env.program(env.compile(credential_cel("name"))).evaluate({"name": celpy.json_to_cel(name)}))
+    assert cel is looks_like_credential(name)
+
+
+def test_condition_types_in_kubectl_explain_are_the_ones_the_operator_sets() -> None:
+    import re
+
+    from kubetune.operator import status as st
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    description = schema["properties"]["conditions"]["items"]["properties"]["type"]["description"]
+    listed = set(re.findall(r"[A-Z][A-Za-z]+", description.split(":", 1)[1]))
+    operator_sets = {st.VALIDATED, st.CREATED, st.SPEC_APPLIED, st.RUNNING, st.SUSPENDED, st.READY, st.STALLED}
+    assert listed == operator_sets | {st.SUCCEEDED, st.FAILED}

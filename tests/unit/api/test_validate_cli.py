@@ -89,13 +89,82 @@ BAD = [
         "reserved-env",
         _with({"env": [{"name": "MASTER_PORT", "value": "1"}]}),
         "spec.env[0].name",
-        "is set by kubetune/torchrun",
+        "MASTER_PORT is reserved (set by torchrun and the Kubeflow controller)",
     ),
     (
         "nccl-secret",
         _with({"network": {"nccl": {"env": {"WANDB_API_KEY": "x"}}}}),
-        "spec",
-        "network.nccl.env.WANDB_API_KEY looks like a credential",
+        "spec.network.nccl.env",
+        "WANDB_API_KEY looks like a credential",
+    ),
+    *(
+        (
+            f"nccl-env-{key}",
+            _with({"network": {"nccl": {"env": {key: "x"}}}}),
+            "spec.network.nccl.env",
+            message,
+        )
+        for key, message in [
+            ("KUBETUNE_CONFIG", "KUBETUNE_CONFIG is reserved (set by kubetune)"),
+            ("KUBETUNE_JOB_NAME", "KUBETUNE_JOB_NAME is reserved (set by kubetune)"),
+            ("MASTER_ADDR", "MASTER_ADDR is reserved (set by torchrun"),
+            ("NCCL_DEBUG", "NCCL_DEBUG is reserved (set from spec.network.nccl.debug)"),
+            ("NCCL_X=1", "'NCCL_X=1' is not a valid environment variable name"),
+        ]
+    ),
+    *(
+        (f"env-{name}", _with({"env": [{"name": name, "value": "x"}]}), "spec.env[0].name", message)
+        for name, message in [
+            ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID is reserved (set from spec.storage.credentialsSecret)"),
+            ("HF_HOME", "HF_HOME is reserved (set by kubetune to its cache volume)"),
+            ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_S3 is reserved (set from spec.storage.endpoint)"),
+            ("LD_PRELOAD", "LD_PRELOAD is reserved"),
+            ("PYTHONPATH", "PYTHONPATH is reserved"),
+            ("PET_NNODES", "PET_NNODES is reserved (set by the Kubeflow controller"),
+            ("A=B", "'A=B' is not a valid environment variable name"),
+            ("1ST", "'1ST' is not a valid environment variable name"),
+        ]
+    ),
+    ("epochs-huge", _with({"training": {"epochs": 1e12}}), "spec.training.epochs", "must be <= 10000"),
+    ("steps-huge", _with({"training": {"maxSteps": 2**63}}), "spec.training.maxSteps", "must be <= 2147483647"),
+    ("seed-huge", _with({"training": {"seed": 2**32}}), "spec.training.seed", "must be <= 4294967295"),
+    ("lr-null", _with({"training": {"learningRate": None}}), "spec.training.learningRate", "must be a number"),
+    ("inf", _with({"training": {"weightDecay": float("inf")}}), "spec.training.weightDecay", "finite number"),
+    (
+        "annotations-huge",
+        {**BASE, "metadata": {"name": "a", "annotations": {"note": "x" * (256 * 1024)}}},
+        "metadata.annotations",
+        "262148 bytes of annotations; the API server takes at most 262144",
+    ),
+    (
+        "secret-name",
+        _with({"storage": {"credentialsSecret": {"name": "My_Secret"}}}),
+        "spec.storage.credentialsSecret.name",
+        "'My_Secret' is not a valid Secret name",
+    ),
+    (
+        "endpoint",
+        _with({"storage": {"endpoint": "minio:9000"}}),
+        "spec.storage.endpoint",
+        "'minio:9000' is not an http(s):// endpoint URL",
+    ),
+    (
+        "shard-size",
+        _with({"output": {"uri": "s3://bucket/x", "shardSize": "5 gigs"}}),
+        "spec.output.shardSize",
+        "is not a size",
+    ),
+    (
+        "volume-name",
+        _with({"volumes": [{"name": "Models", "claimName": "c", "mountPath": "/models"}]}),
+        "spec.volumes[0].name",
+        "'Models' is not a valid name",
+    ),
+    (
+        "volume-taken",
+        _with({"volumes": [{"name": "dshm", "claimName": "c", "mountPath": "/models"}]}),
+        "spec.volumes[0].name",
+        "'dshm' is taken by kubetune's own volumes",
     ),
     (
         "volume-path",
