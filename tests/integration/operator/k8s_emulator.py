@@ -133,6 +133,8 @@ class ApiServer(kmock.KubernetesEmulator):
     _columns: dict[tuple[str, str, str], list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
     # Called as observer(event_type, obj) on every stored change, in the server's thread (benchmarks).
     observers: list[Callable[[str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    # Plural -> how many creates of it to answer 503 (an API server blip, for retry tests).
+    unavailable_creates: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -218,6 +220,9 @@ class ApiServer(kmock.KubernetesEmulator):
     def _write(self, request: kmock.Request) -> tuple[dict[str, Any], int]:
         action = request.action
         if action == kmock.action.CREATE:
+            if self.unavailable_creates.get(request.resource.plural, 0) > 0:
+                self.unavailable_creates[request.resource.plural] -= 1
+                raise _error(503, "ServiceUnavailable", "the server is currently unable to handle the request")
             return self._create(request.resource, request.namespace, request.data), 201
         if request.name is None or action not in (kmock.action.UPDATE, kmock.action.DELETE):
             raise _error(405, "MethodNotAllowed", f"{request.method} is not supported here")

@@ -340,6 +340,29 @@ def test_a_deleted_pytorchjob_of_a_running_job_is_made_again(cluster: Cluster, o
     assert owners.count("lost") == 1
 
 
+def test_a_failed_re_creation_is_retried_by_the_timer(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("blip"))
+    first = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("blip"))
+    cluster.set_pytorchjob_condition("blip", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("blip") == "Training")
+    cluster.server.emulator.unavailable_creates["pytorchjobs"] = 1  # the re-creation's first try gets a 503
+
+    cluster.custom.delete_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", "blip")
+    again = wait_for(
+        "a new PyTorchJob",
+        lambda: (pj := cluster.pytorchjob("blip")) and pj["metadata"]["uid"] != first["metadata"]["uid"] and pj,
+        timeout=30,
+    )
+    assert cluster.server.emulator.unavailable_creates["pytorchjobs"] == 0, "the first attempt met the 503"
+    assert again["spec"] == first["spec"]
+    assert operator.metric("kubetune_reconcile_total", handler="recreate") >= 1, "made by the retry timer"
+    wait_for(
+        "PyTorchJobCreated again",
+        lambda: (cluster.condition("blip", "PyTorchJobCreated") or {}).get("status") == "True",
+    )
+    assert "Re-created PyTorchJob blip (it was deleted)" in cluster.event_messages("blip")
+
+
 @pytest.mark.parametrize("seen_finishing", [True, False], ids=["ttl-later", "ttl-zero"])
 def test_a_finished_job_keeps_its_result_when_its_pytorchjob_goes(
     cluster: Cluster, operator: OperatorProcess, seen_finishing: bool
