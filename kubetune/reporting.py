@@ -11,7 +11,7 @@ because the API server blinked.
 
     reporter = StatusReporter.from_env()   # None unless KUBETUNE_STATUS_REPORTING=kubernetes
     if reporter:
-        reporter.report(progress={"stage": "training", "step": 10, "totalSteps": 100, "loss": 1.2})
+        reporter.report(progress=progress_event("training", step=10, total=100, loss=1.2))
         reporter.close()
 """
 
@@ -25,7 +25,6 @@ import threading
 import time
 from typing import Any
 
-from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import now_rfc3339
 
 log = logging.getLogger(__name__)
@@ -140,17 +139,20 @@ class StatusReporter:
                 self._api_client.close()
 
     def _flush_locked(self) -> None:
+        from kubetune.operator.kube import FINETUNEJOB, MERGE_PATCH
+
+        group, version, plural = FINETUNEJOB
         body = {"status": self._pending}
         try:
             custom = self._client()
             custom.patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
+                group,
+                version,
                 self.namespace,
-                api.PLURAL,
+                plural,
                 self.name,
                 body,
-                _content_type="application/merge-patch+json",
+                _content_type=MERGE_PATCH,
                 _request_timeout=self.request_timeout,
             )
         except Exception as exc:  # any API/network failure: keep training, retry with the next report
