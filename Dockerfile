@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The kubetune operator image: the base `kubetune` install (pydantic, kopf, kubernetes, boto3) and
+# The kubetune operator image: the base `kubetune` install (pydantic, kopf, kubernetes, boto3, prometheus-client) and
 # nothing of the training stack. Build from the repository root:
 #
 #   docker build -t ghcr.io/kubetune/operator:0.1.0 .
@@ -18,6 +18,7 @@ boto3==1.44.5
 botocore==1.44.5
 kopf==1.45.2
 kubernetes==36.0.3
+prometheus-client==0.26.0
 pydantic==2.14.3
 pydantic-core==2.50.4
 pyyaml==6.0.3

@@ -11,7 +11,7 @@ because the API server blinked.
 
     reporter = StatusReporter.from_env()   # None unless KUBETUNE_STATUS_REPORTING=kubernetes
     if reporter:
-        reporter.report(progress={"stage": "training", "step": 10, "totalSteps": 100, "loss": 1.2})
+        reporter.report(progress=progress_event("training", step=10, total=100, loss=1.2))
         reporter.close()
 """
 
@@ -25,10 +25,10 @@ import threading
 import time
 from typing import Any
 
+from kubetune.api.conditions import now_rfc3339
+
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "kubetune.io", "v1alpha1", "finetunejobs"
-MERGE_PATCH = "application/merge-patch+json"
 # (connect, read) seconds: a hung API connection must not stall rank 0's training loop.
 REQUEST_TIMEOUT = (5.0, 15.0)
 
@@ -51,25 +51,18 @@ def format_eta(seconds: float | None) -> str | None:
     return f"{s}s"
 
 
-def enrich_progress(progress: dict[str, Any]) -> dict[str, Any]:
-    """Fill the derived fields the printer columns show: percent, display (42% 84/200), eta."""
-    out = dict(progress)
-    step, total = out.get("step"), out.get("totalSteps")
-    if isinstance(step, int) and isinstance(total, int) and total > 0:
-        percent, display = percent_done(step, total)
-        out.setdefault("percent", percent)
-        out.setdefault("display", display)
-    if "etaSeconds" in out and "eta" not in out:
-        eta = format_eta(out["etaSeconds"])
-        if eta is not None:
-            out["eta"] = eta
-    if isinstance(out.get("loss"), float):
-        out["loss"] = round(out["loss"], 4)
-    return out
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def progress_event(stage: str, *, step: int | None = None, total: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A Progress dict (camelCase fields of `kubetune.api.v1alpha1.Progress`) with the derived fields
+    the printer columns show: percent, display (42% 84/200), eta, updatedAt. None fields are left
+    out so a merge-patch never erases the last known value."""
+    event: dict[str, Any] = {"stage": stage, "step": step, "totalSteps": total}
+    if step is not None and total:
+        event["percent"], event["display"] = percent_done(step, total)
+    event.update(fields)
+    if event.get("etaSeconds") is not None:
+        event["eta"] = format_eta(event["etaSeconds"])
+    event["updatedAt"] = now_rfc3339()
+    return {k: v for k, v in event.items() if v is not None}
 
 
 class StatusReporter:
@@ -120,8 +113,9 @@ class StatusReporter:
     ) -> None:
         with self._lock:
             if progress is not None:
-                merged = {**self._pending.get("progress", {}), **enrich_progress(progress)}
-                merged["updatedAt"] = _now()
+                merged = {**self._pending.get("progress", {}), **progress}
+                if isinstance(merged.get("loss"), float):
+                    merged["loss"] = round(merged["loss"], 4)  # what the Loss column can show
                 self._pending["progress"] = merged
             if data_report is not None:
                 self._pending["dataReport"] = {**self._pending.get("dataReport", {}), **data_report}
@@ -145,14 +139,17 @@ class StatusReporter:
                 self._api_client.close()
 
     def _flush_locked(self) -> None:
+        from kubetune.operator.kube import FINETUNEJOB, MERGE_PATCH
+
+        group, version, plural = FINETUNEJOB
         body = {"status": self._pending}
         try:
             custom = self._client()
             custom.patch_namespaced_custom_object_status(
-                GROUP,
-                VERSION,
+                group,
+                version,
                 self.namespace,
-                PLURAL,
+                plural,
                 self.name,
                 body,
                 _content_type=MERGE_PATCH,
@@ -174,25 +171,12 @@ class StatusReporter:
         if self._custom is None:
             from kubernetes import client
 
+            from kubetune.operator.kube import connect
+
             if self._api_client is None:
-                self._api_client = _api_client()
+                self._api_client = connect()
             self._custom = client.CustomObjectsApi(self._api_client)
         return self._custom
-
-
-def _api_client() -> Any:
-    """KUBECONFIG when set (local runs, tests), else the pod's service account token.
-
-    A private client configuration: the process-wide default of the kubernetes package is left alone.
-    """
-    from kubernetes import client, config
-
-    kubeconfig = os.environ.get("KUBECONFIG")
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig.split(os.pathsep)[0])
-    configuration = client.Configuration()
-    config.load_incluster_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
 
 
 def _short(exc: Exception) -> str:

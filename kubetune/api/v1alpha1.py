@@ -15,7 +15,6 @@ like Kubeflow's `trainjob_types.go`; the rules it shares with other code live be
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, get_args
 
@@ -949,9 +948,3 @@ class FineTuneJob(BaseModel):
         if with_status and self.status is not None:
             out["status"] = self.status.model_dump(mode="json", by_alias=True, exclude_none=True)
         return out
-
-
-def now_rfc3339() -> str:
-    from datetime import timezone
-
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

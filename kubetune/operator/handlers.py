@@ -7,7 +7,9 @@
 - every FineTuneJob and every managed PyTorchJob event: recompute the FineTuneJob status from the
   stored pair (level-triggered: the result depends on what is stored, not on which event came);
   a PyTorchJob deleted before the job ended is created again (also on resume, for one deleted
-  while the operator was down).
+  while the operator was down);
+- a timer, only while a re-creation has failed (PyTorchJobCreated=False on an unfinished job: an
+  API blip, the CRD being reinstalled): tried again with Kopf's retry delays, never by sleeping.
 
 No finalizer is added: nothing outside the cluster is cleaned up (the model stays in storage) and
 the children go with their owner through garbage collection.
@@ -23,12 +25,14 @@ import kopf
 from kubetune.api import v1alpha1 as api
 from kubetune.operator import metrics
 from kubetune.operator.kube import PYTORCHJOB, Kube, connect
-from kubetune.operator.reconcile import Reconciler, owner_of
+from kubetune.operator.reconcile import Reconciler, owner_of, recreation_failed
 from kubetune.operator.settings import OperatorConfig
 from kubetune.render import RenderSettings
 
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "kubetune"}
+# Between attempts to re-create a lost PyTorchJob after one failed (TemporaryError delays come first).
+RETRY_INTERVAL = 10.0
 DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as optional
 
 
@@ -88,6 +92,11 @@ def probe_jobs(memo: kopf.Memo, **_: Any) -> int:
 @kopf.on.update(*FTJ, field="spec")
 def create_children(namespace: str | None, name: str, retry: int, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, retry)
+
+
+@kopf.timer(*FTJ, interval=RETRY_INTERVAL, when=lambda status, **_: recreation_failed(status))
+def retry_recreation(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, kwargs.get("retry", 0), handler="recreate")
 
 
 @kopf.on.update(*FTJ, field="spec.suspend")

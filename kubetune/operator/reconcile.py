@@ -8,22 +8,21 @@ status writers of one FineTuneJob take a per-job lock: the create handler and th
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
+from kubetune.api import conditions as c
+from kubetune.api.conditions import now_rfc3339
 from kubetune.api.validation import SpecError, parse_job
 from kubetune.operator import status as st
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
-from kubetune.render import MAX_JOB_NAME, RenderSettings, build_children, cluster_problems, short_name
-
-log = logging.getLogger("kubetune.operator")
+from kubetune.render import RenderSettings, build_children, cluster_problems, pytorchjob_name
 
 CRD_MISSING = (
     "The PyTorchJob API (pytorchjobs.kubeflow.org/v1) is not installed in this cluster. Install the "
@@ -37,16 +36,6 @@ MAX_BACKOFF = 60.0
 def backoff(retry: int) -> float:
     """2 s, 4 s, 8 s ... capped at a minute: quick when the CRD is being installed, quiet when not."""
     return float(min(2.0 * 2**retry, MAX_BACKOFF))
-
-
-def pytorchjob_name(finetunejob: str) -> str:
-    return short_name(finetunejob, MAX_JOB_NAME)
-
-
-def _now() -> str:
-    from kubetune.api.v1alpha1 import now_rfc3339
-
-    return now_rfc3339()
 
 
 def _owned_by(obj: Mapping[str, Any], owner_uid: str | None) -> bool:
@@ -76,8 +65,9 @@ class Reconciler:
 
     # ---- create / resume / spec edits before the PyTorchJob exists --------------------------
 
-    def ensure_children(self, namespace: str, name: str, retry: int) -> None:
-        with self.metrics.reconcile("create"), self._lock(namespace, name):
+    def ensure_children(self, namespace: str, name: str, retry: int, *, handler: str = "create") -> None:
+        """`handler`: the metrics label (the create/resume handlers, or the re-check timer)."""
+        with self.metrics.reconcile(handler), self._lock(namespace, name):
             body = self.kube.get_finetunejob(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
@@ -85,21 +75,6 @@ class Reconciler:
             if status.get("pytorchJob") and not self._lost_pytorchjob(body):
                 return  # made before; later spec edits are the status watcher's (SpecApplied) business
             self._make_children(body, retry, recreate=bool(status.get("pytorchJob")))
-
-    def _recreate(self, body: dict[str, Any]) -> None:
-        """Re-create a deleted PyTorchJob. Kopf does not retry event handlers, so retry here, with
-        backoff, before giving up to the next event or the next operator start."""
-        for attempt in range(5):
-            try:
-                self._make_children(body, attempt, recreate=True)
-                return
-            except kopf.PermanentError:
-                raise  # a spec the user must fix: retrying cannot help
-            except Exception as exc:  # an API blip or the CRD being reinstalled
-                if attempt == 4:
-                    raise
-                log.warning("re-creating the PyTorchJob failed (%s); retrying in %ss", exc, 2**attempt)
-                time.sleep(2**attempt)
 
     def _make_children(self, body: dict[str, Any], retry: int, *, recreate: bool = False) -> None:
         """Validate, then create what is missing. Raises Kopf's errors: permanent for a spec the
@@ -116,18 +91,26 @@ class Reconciler:
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}")
         if not self.kube.pytorchjob_api_installed():
             waiting = st.waiting_for_crd_status(
-                CRD_MISSING, body["metadata"].get("generation"), status.get("conditions"), _now()
+                CRD_MISSING, body["metadata"].get("generation"), status.get("conditions"), now_rfc3339()
             )
-            self._patch_status(body, st.changed(status, waiting))
+            self._patch_status(body, st.status_patch(status, waiting))
             raise kopf.TemporaryError(CRD_MISSING, delay=backoff(retry))
-        created = self._create_children(body, build_children(job, self.render_settings))
+        try:
+            created = self._create_children(body, build_children(job, self.render_settings))
+        except ApiException as exc:  # an API blip, a webhook or the CRD being reinstalled: retry later
+            message = f"creating the children failed ({exc.status} {exc.reason}); retrying"
+            failed = st.create_failed_status(
+                message, body["metadata"].get("generation"), status.get("conditions"), now_rfc3339()
+            )
+            self._patch_status(body, st.status_patch(status, failed))
+            raise kopf.TemporaryError(message, delay=backoff(retry)) from exc
         pj_name = pytorchjob_name(body["metadata"]["name"])
-        created_status = st.created_status(pj_name, body["metadata"].get("generation"), status, _now())
-        self._patch_status(body, st.changed(status, created_status))
+        created_status = st.created_status(pj_name, body["metadata"].get("generation"), status, now_rfc3339())
+        self._patch_status(body, st.status_patch(status, created_status))
         if created and recreate:
-            self._event(body, "Normal", "Recreated", f"Re-created PyTorchJob {pj_name} (it was deleted)")
+            self._event(body, "Normal", c.REASON_RECREATED, f"Re-created PyTorchJob {pj_name} (it was deleted)")
         elif created:
-            self._event(body, "Normal", "Created", f"Created PyTorchJob {pj_name}")
+            self._event(body, "Normal", c.REASON_CREATED, f"Created PyTorchJob {pj_name}")
 
     def _lost_pytorchjob(self, body: Mapping[str, Any]) -> bool:
         """Whether an unfinished job's PyTorchJob is gone (deleted by hand): it is then made again,
@@ -144,14 +127,16 @@ class Reconciler:
         the same problems does not repeat it."""
         status = body.get("status") or {}
         message = "; ".join(problems)
-        before = st.find_condition(status.get("conditions"), st.VALIDATED) or {}
-        new = st.invalid_spec_status(problems, body["metadata"].get("generation"), status.get("conditions"), _now())
-        if status.get("phase") == st.FAILED and status.get("completionTime"):
+        before = st.find_condition(status.get("conditions"), c.VALIDATED) or {}
+        new = st.invalid_spec_status(
+            problems, body["metadata"].get("generation"), status.get("conditions"), now_rfc3339()
+        )
+        if status.get("phase") == c.FAILED and status.get("completionTime"):
             new["completionTime"] = status["completionTime"]  # it failed then, not at every edit
-        self._patch_status(body, st.changed(status, new))
-        if not (before.get("reason") == "InvalidSpec" and before.get("message") == message):
-            self._event(body, "Warning", "InvalidSpec", message)
-        self.metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], st.FAILED)
+        self._patch_status(body, st.status_patch(status, new))
+        if not (before.get("reason") == c.REASON_INVALID_SPEC and before.get("message") == message):
+            self._event(body, "Warning", c.REASON_INVALID_SPEC, message)
+        self.metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], c.FAILED)
 
     def _create_children(self, owner: dict[str, Any], children: list[dict[str, Any]]) -> bool:
         """Create what is missing, in order (the PyTorchJob last); True if the PyTorchJob was new.
@@ -193,8 +178,8 @@ class Reconciler:
             if ((pj.get("spec") or {}).get("runPolicy") or {}).get("suspend") is suspend:
                 return
             self.kube.patch_pytorchjob(namespace, pj_name, {"spec": {"runPolicy": {"suspend": suspend}}})
-            verb = "Suspending" if suspend else "Resuming"
-            self._event(body, "Normal", verb, f"{verb} PyTorchJob {pj_name}")
+            reason = c.REASON_SUSPENDING if suspend else c.REASON_RESUMING
+            self._event(body, "Normal", reason, f"{reason} PyTorchJob {pj_name}")
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -212,19 +197,22 @@ class Reconciler:
             pj_name = pytorchjob_name(name)
             uid = body["metadata"].get("uid")
             pj = self.kube.get_pytorchjob(namespace, pj_name) if status.get("pytorchJob") else None
-            if pj is None and status.get("pytorchJob") and status.get("phase") not in st.FINISHED:
+            if pj is None and status.get("pytorchJob") and status.get("phase") not in c.FINISHED:
                 # Only the deletion event tells how it ended: a PyTorchJob that finished and was
                 # removed at once (ttlSecondsAfterFinished: 0) must not look deleted by hand.
                 if deleted is None or not _owned_by(deleted, uid):
                     return
                 if awaiting_result(status) and not _finished(deleted):
-                    self._recreate(body)  # its creation event reports it
+                    # One attempt now. If it fails, PyTorchJobCreated=False says why and starts the
+                    # `retry_recreation` timer (Kopf never retries event handlers, and sleeping here
+                    # would hold this job's lock and a worker thread).
+                    self._make_children(body, 0, recreate=True)  # its creation event reports it
                     return
                 pj = dict(deleted)
             if pj is not None and not _owned_by(pj, uid):
                 pj = None
             if pj is None and not status.get("pytorchJob"):
-                self.metrics.set_phase(namespace, name, status.get("phase") or st.PENDING)
+                self.metrics.set_phase(namespace, name, status.get("phase") or c.PENDING)
                 return  # nothing made yet: the create handler reports this stage
             observed = st.Observed(
                 generation=body["metadata"].get("generation"),
@@ -232,21 +220,21 @@ class Reconciler:
                 status=status,
                 pytorchjob_name=pj_name,
                 pytorchjob=pj,
-                now=_now(),
+                now=now_rfc3339(),
                 pod_failure=self._pod_failure(namespace, pj_name, pj, status),
             )
-            desired = st.observe(observed)
-            self._patch_status(body, st.changed(status, desired))
-            for t in observed.transitions:
-                self._event(body, t.type, t.reason, t.message)
+            desired, events = st.observe(observed)
+            self._patch_status(body, st.status_patch(status, desired))
+            for event in events:
+                self._event(body, event.type, event.reason, event.message)
             self.metrics.set_phase(namespace, name, desired.get("phase"))
 
     def _pod_failure(
         self, namespace: str, pj_name: str, pj: dict[str, Any] | None, status: dict[str, Any]
     ) -> tuple[str, str] | None:
         """Why a pod died, looked up once: when the PyTorchJob has just failed."""
-        failed_now = pj is not None and st.pytorchjob_phase(pj, user_suspended=False, stage=None)[0] == st.FAILED
-        if not failed_now or status.get("phase") == st.FAILED:
+        failed_now = pj is not None and st.pytorchjob_phase(pj, user_suspended=False, stage=None)[0] == c.FAILED
+        if not failed_now or status.get("phase") == c.FAILED:
             return None
         return st.pod_failure(self.kube.pytorchjob_pods(namespace, pj_name))
 
@@ -265,11 +253,19 @@ def awaiting_result(status: Mapping[str, Any]) -> bool:
     """A job whose PyTorchJob was made and whose end is not recorded. The trainer's `done` counts as
     an end: the model is uploaded, and a PyTorchJob deleted right after it must not train again."""
     done = (status.get("progress") or {}).get("stage") == "done"
-    return bool(status.get("pytorchJob")) and status.get("phase") not in st.FINISHED and not done
+    return bool(status.get("pytorchJob")) and status.get("phase") not in c.FINISHED and not done
+
+
+def recreation_failed(status: Mapping[str, Any]) -> bool:
+    """An unfinished job whose PyTorchJob went and could not be made again yet (an API error, the
+    CRD being reinstalled): the retry timer's filter. Only a failed attempt starts it, so a job
+    whose PyTorchJob merely finished and went (ttlSecondsAfterFinished) is never re-created by it."""
+    created = st.find_condition(status.get("conditions"), c.CREATED) or {}
+    return awaiting_result(status) and created.get("status") == "False"
 
 
 def _finished(pytorchjob: Mapping[str, Any]) -> bool:
-    return st.pytorchjob_phase(dict(pytorchjob), user_suspended=False, stage=None)[0] in st.FINISHED
+    return st.pytorchjob_phase(dict(pytorchjob), user_suspended=False, stage=None)[0] in c.FINISHED
 
 
 def owner_of(pytorchjob: Mapping[str, Any]) -> str | None:

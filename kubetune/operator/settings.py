@@ -2,6 +2,11 @@
 
 `kubetune operator` flags override the environment by writing back into it (`apply_to_env`), so
 `kopf run -m kubetune.operator.handlers` and `kubetune operator` read the same thing the same way.
+
+Not pydantic-settings: seven variables, three of them needing their own parsing (comma-separated
+namespaces with `*`, a case-folded level, "set but empty" refused) would keep as many validators,
+add a dependency to the operator image, and turn "KUBETUNE_METRICS_PORT: 'x' is not a port number"
+into a multi-line ValidationError.
 """
 
 from __future__ import annotations

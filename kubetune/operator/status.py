@@ -3,51 +3,54 @@
 Inputs are the FineTuneJob as stored (spec, the trainer's `status.progress`, the previous operator
 status) and its PyTorchJob as stored (conditions written by the Kubeflow training operator).
 The output is the operator-owned part of the status (`phase`, `conditions`, `observedGeneration`,
-`pytorchJob`, `startTime`, `completionTime`) plus the transitions worth an Event. The trainer's
+`pytorchJob`, `startTime`, `completionTime`) plus the Events worth posting. The trainer's
 fields (`progress`, `dataReport`, `outputs`) are read, never written.
 
-Phases:
-
-| PyTorchJob (condition True, first match)   | FineTuneJob phase                            |
-|--------------------------------------------|----------------------------------------------|
-| none yet / Created                         | Pending                                      |
-| Failed                                     | Failed                                       |
-| Succeeded                                  | Succeeded                                    |
-| runPolicy.suspend                          | Suspended if spec.suspend, else Queued (Kueue)|
-| Suspended (runPolicy.suspend false)        | Suspended (resuming)                         |
-| Restarting                                 | Training (Running=False, reason carried over)|
-| Running                                    | Exporting if progress.stage is exporting or  |
-|                                            | uploading, else Training                     |
+The phase table and every phase, condition type and reason are in `kubetune.api.conditions`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-PENDING, QUEUED, TRAINING, EXPORTING = "Pending", "Queued", "Training", "Exporting"
-SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
-PHASES = (PENDING, QUEUED, TRAINING, EXPORTING, SUCCEEDED, FAILED, SUSPENDED)
-FINISHED = (SUCCEEDED, FAILED)
-EXPORT_STAGES = ("exporting", "uploading")
-
-# Condition types on the FineTuneJob.
-VALIDATED = "Validated"
-CREATED = "PyTorchJobCreated"
-SPEC_APPLIED = "SpecApplied"
-RUNNING = "Running"
-# kstatus conventions, so Flux, Argo CD and `kubectl wait --for=condition=Ready` understand the job:
-# Ready=True only once the model is there, Stalled=True when it never will be.
-READY = "Ready"
-STALLED = "Stalled"
+from kubetune.api.conditions import (
+    CREATED,
+    EXPORT_STAGES,
+    EXPORTING,
+    FAILED,
+    FINISHED,
+    PENDING,
+    QUEUED,
+    READY,
+    REASON_APPLIED,
+    REASON_CRD_MISSING,
+    REASON_CREATE_FAILED,
+    REASON_CREATED,
+    REASON_INVALID_SPEC,
+    REASON_NOT_STALLED,
+    REASON_NOT_SUSPENDED,
+    REASON_RESTARTING,
+    REASON_RESUMED,
+    REASON_SPEC_IMMUTABLE,
+    REASON_VALID,
+    RUNNING,
+    SPEC_APPLIED,
+    STALLED,
+    SUCCEEDED,
+    SUSPENDED,
+    TRAINING,
+    VALIDATED,
+)
 
 OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "pytorchJob", "startTime", "completionTime")
-IMMUTABLE_EXCEPT = ("suspend",)
+# The only spec fields that may change once the PyTorchJob exists (propagated, not re-rendered).
+MUTABLE_SPEC_FIELDS = ("suspend",)
 
 
 @dataclass(frozen=True)
-class Transition:
+class Event:
     """Something that happened, for a Kubernetes Event on the FineTuneJob."""
 
     type: str  # Normal | Warning
@@ -66,7 +69,6 @@ class Observed:
     pytorchjob: dict[str, Any] | None
     now: str
     pod_failure: tuple[str, str] | None = None  # (reason, message) of the failed training container
-    transitions: list[Transition] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def readiness(
         condition(
             STALLED,
             phase == FAILED,
-            reason if phase == FAILED else "NotStalled",
+            reason if phase == FAILED else REASON_NOT_STALLED,
             message if phase == FAILED else "",
             now,
             generation,
@@ -131,18 +133,30 @@ def invalid_spec_status(
 ) -> dict[str, Any]:
     """Failed/InvalidSpec with one line per problem, the same lines `kubetune validate` prints."""
     message = "; ".join(problems)
-    conds = set_condition(list(conditions or []), condition(VALIDATED, False, "InvalidSpec", message, now, generation))
-    conds = set_condition(conds, condition(FAILED, True, "InvalidSpec", message, now, generation))
-    conds = readiness(conds, FAILED, "InvalidSpec", message, now, generation)
+    conds = set_condition(
+        list(conditions or []), condition(VALIDATED, False, REASON_INVALID_SPEC, message, now, generation)
+    )
+    conds = set_condition(conds, condition(FAILED, True, REASON_INVALID_SPEC, message, now, generation))
+    conds = readiness(conds, FAILED, REASON_INVALID_SPEC, message, now, generation)
     return {"phase": FAILED, "conditions": conds, "observedGeneration": generation, "completionTime": now}
 
 
 def waiting_for_crd_status(
     message: str, generation: int | None, conditions: list[dict[str, Any]] | None, now: str
 ) -> dict[str, Any]:
-    conds = set_condition(list(conditions or []), condition(VALIDATED, True, "Valid", "spec is valid", now, generation))
-    conds = set_condition(conds, condition(CREATED, False, "PyTorchJobCRDMissing", message, now, generation))
+    conds = set_condition(
+        list(conditions or []), condition(VALIDATED, True, REASON_VALID, "spec is valid", now, generation)
+    )
+    conds = set_condition(conds, condition(CREATED, False, REASON_CRD_MISSING, message, now, generation))
     return {"phase": PENDING, "conditions": conds, "observedGeneration": generation}
+
+
+def create_failed_status(
+    message: str, generation: int | None, conditions: list[dict[str, Any]] | None, now: str
+) -> dict[str, Any]:
+    """The children could not be created (an API error): retried, and said so meanwhile."""
+    failed = condition(CREATED, False, REASON_CREATE_FAILED, message, now, generation)
+    return {"conditions": set_condition(list(conditions or []), failed), "observedGeneration": generation}
 
 
 def created_status(pytorchjob: str, generation: int | None, status: dict[str, Any], now: str) -> dict[str, Any]:
@@ -150,13 +164,13 @@ def created_status(pytorchjob: str, generation: int | None, status: dict[str, An
     was_invalid = (find_condition(conds, VALIDATED) or {}).get("status") == "False"
     if was_invalid:  # the spec was fixed before anything ran: start from scratch
         conds = [c for c in conds if c.get("type") != FAILED]
-    conds = set_condition(conds, condition(VALIDATED, True, "Valid", "spec is valid", now, generation))
+    conds = set_condition(conds, condition(VALIDATED, True, REASON_VALID, "spec is valid", now, generation))
     conds = set_condition(
-        conds, condition(CREATED, True, "Created", f"Created PyTorchJob {pytorchjob}", now, generation)
+        conds, condition(CREATED, True, REASON_CREATED, f"Created PyTorchJob {pytorchjob}", now, generation)
     )
     phase = PENDING if was_invalid else status.get("phase") or PENDING
     if was_invalid or not find_condition(conds, READY):
-        conds = readiness(conds, phase, "Created", f"Created PyTorchJob {pytorchjob}", now, generation)
+        conds = readiness(conds, phase, REASON_CREATED, f"Created PyTorchJob {pytorchjob}", now, generation)
     out: dict[str, Any] = {
         "phase": phase,
         "conditions": conds,
@@ -173,13 +187,13 @@ def created_status(pytorchjob: str, generation: int | None, status: dict[str, An
 # --------------------------------------------------------------------------------------------
 
 
-def mutable_free_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k not in IMMUTABLE_EXCEPT}
+def immutable_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in MUTABLE_SPEC_FIELDS}
 
 
 def spec_fingerprint(spec: dict[str, Any]) -> str:
     """What the PyTorchJob was made from, stored on it; compared on every reconcile."""
-    return json.dumps(mutable_free_spec(spec), sort_keys=True, separators=(",", ":"))
+    return json.dumps(immutable_spec(spec), sort_keys=True, separators=(",", ":"))
 
 
 def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
@@ -271,8 +285,8 @@ def _last_line(message: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def observe(obs: Observed) -> dict[str, Any]:
-    """The operator-owned status fields for what is observed; appends transitions to `obs`."""
+def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
+    """The operator-owned status fields for what is observed, and the Events the change is worth."""
     status = obs.status
     progress = status.get("progress") or {}
     outputs = status.get("outputs") or {}
@@ -281,7 +295,7 @@ def observe(obs: Observed) -> dict[str, Any]:
     gen, now = obs.generation, obs.now
 
     if old_phase == FAILED and (find_condition(conds, VALIDATED) or {}).get("status") == "False":
-        return {k: status[k] for k in OPERATOR_FIELDS if k in status}  # InvalidSpec is final
+        return {k: status[k] for k in OPERATOR_FIELDS if k in status}, []  # InvalidSpec is final
 
     phase, source = pytorchjob_phase(
         obs.pytorchjob, user_suspended=bool(obs.spec.get("suspend")), stage=progress.get("stage")
@@ -295,15 +309,17 @@ def observe(obs: Observed) -> dict[str, Any]:
     out: dict[str, Any] = {"phase": phase, "observedGeneration": gen}
     if obs.pytorchjob is not None:
         out["pytorchJob"] = obs.pytorchjob_name
-        conds = _spec_condition(conds, obs, gen, now)
-    running = phase in (TRAINING, EXPORTING) and reason != "Restarting"
+        conds, events = _spec_condition(conds, obs, gen, now)
+    else:
+        events = []
+    running = phase in (TRAINING, EXPORTING) and reason != REASON_RESTARTING
     conds = set_condition(conds, condition(RUNNING, running, reason, pj_message, now, gen))
     conds = set_condition(
         conds,
         condition(
             SUSPENDED,
             phase in (SUSPENDED, QUEUED),
-            reason if phase in (SUSPENDED, QUEUED) else "NotSuspended",
+            reason if phase in (SUSPENDED, QUEUED) else REASON_NOT_SUSPENDED,
             pj_message if phase in (SUSPENDED, QUEUED) else "",
             now,
             gen,
@@ -334,53 +350,53 @@ def observe(obs: Observed) -> dict[str, Any]:
         out["completionTime"] = status.get("completionTime") or pj_status.get("completionTime") or now
 
     if phase != old_phase:
-        obs.transitions.append(_transition(old_phase, phase, conds))
-    return out
+        events.append(_phase_event(old_phase, phase, conds))
+    return out, events
 
 
-def _spec_condition(conds: list[dict[str, Any]], obs: Observed, gen: int | None, now: str) -> list[dict[str, Any]]:
+def _spec_condition(
+    conds: list[dict[str, Any]], obs: Observed, gen: int | None, now: str
+) -> tuple[list[dict[str, Any]], list[Event]]:
     annotations = ((obs.pytorchjob or {}).get("metadata") or {}).get("annotations") or {}
     applied = annotations.get(APPLIED_SPEC_ANNOTATION)
     if applied is None:
-        return conds
-    paths = changed_paths(json.loads(applied), mutable_free_spec(obs.spec))
+        return conds, []
+    paths = changed_paths(json.loads(applied), immutable_spec(obs.spec))
     if not paths:
-        return set_condition(
-            conds, condition(SPEC_APPLIED, True, "Applied", "the PyTorchJob matches the spec", now, gen)
-        )
+        applied_condition = condition(SPEC_APPLIED, True, REASON_APPLIED, "the PyTorchJob matches the spec", now, gen)
+        return set_condition(conds, applied_condition), []
     message = (
         f"{', '.join(paths)} changed after PyTorchJob {obs.pytorchjob_name} was created; only spec.suspend "
         "may change. Revert the change, or delete and re-create the FineTuneJob."
     )
     before = find_condition(conds, SPEC_APPLIED)
+    events = []
     if before is None or before.get("status") != "False" or before.get("message") != message:
-        obs.transitions.append(Transition("Warning", "SpecImmutable", message))
-    return set_condition(conds, condition(SPEC_APPLIED, False, "SpecImmutable", message, now, gen))
+        events.append(Event("Warning", REASON_SPEC_IMMUTABLE, message))
+    return set_condition(conds, condition(SPEC_APPLIED, False, REASON_SPEC_IMMUTABLE, message, now, gen)), events
 
 
 APPLIED_SPEC_ANNOTATION = "kubetune.io/applied-spec"
 
 
-def _transition(old: str | None, new: str, conds: list[dict[str, Any]]) -> Transition:
+def _phase_event(old: str | None, new: str, conds: list[dict[str, Any]]) -> Event:
     if new == TRAINING:
         if old == SUSPENDED:
-            return Transition("Normal", "Resumed", "Resumed: training again")
-        return Transition("Normal", "Training", "Training started")
+            return Event("Normal", REASON_RESUMED, "Resumed: training again")
+        return Event("Normal", TRAINING, "Training started")
     if new == EXPORTING:
-        return Transition("Normal", "Exporting", "Exporting and uploading the model")
+        return Event("Normal", EXPORTING, "Exporting and uploading the model")
     if new == SUCCEEDED:
-        return Transition(
-            "Normal", "Succeeded", f"Succeeded: {(find_condition(conds, SUCCEEDED) or {}).get('message', '')}"
-        )
+        return Event("Normal", SUCCEEDED, f"Succeeded: {(find_condition(conds, SUCCEEDED) or {}).get('message', '')}")
     if new == FAILED:
-        return Transition("Warning", "Failed", f"Failed: {(find_condition(conds, FAILED) or {}).get('message', '')}")
+        return Event("Warning", FAILED, f"Failed: {(find_condition(conds, FAILED) or {}).get('message', '')}")
     if new == SUSPENDED:
-        return Transition("Normal", "Suspended", "Suspended: pods stopped; resume with spec.suspend: false")
+        return Event("Normal", SUSPENDED, "Suspended: pods stopped; resume with spec.suspend: false")
     if new == QUEUED:
-        return Transition("Normal", "Queued", "Queued: waiting for the queue to admit the PyTorchJob")
-    return Transition("Normal", new, f"Phase {new}")
+        return Event("Normal", QUEUED, "Queued: waiting for the queue to admit the PyTorchJob")
+    return Event("Normal", new, f"Phase {new}")
 
 
-def changed(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+def status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The merge patch that turns the operator fields of `current` into `desired` (empty: no-op)."""
     return {k: v for k, v in desired.items() if current.get(k) != v}

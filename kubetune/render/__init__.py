@@ -4,11 +4,13 @@
 (adding owner references). What ends up in the cluster:
 
 - ConfigMap `<name>-config`: the fully resolved FineTuneJob the trainer reads (`config.yaml`).
-- ServiceAccount/Role/RoleBinding `<name>-trainer` (unless spec.resources.serviceAccountName is set):
+- ServiceAccount/Role/RoleBinding `<name>-trainer` (only without spec.resources.serviceAccountName):
   the pods may `get`/`patch` only this FineTuneJob's status, which is how progress reaches
-  `kubectl get ftj`.
+  `kubectl get ftj`. A user's own ServiceAccount may be shared by several jobs, so it is never
+  bound to one job's Role: those pods do not report progress (the phase still follows the PyTorchJob).
 - PyTorchJob `<name>` (kubeflow.org/v1): Master x1 + Worker x(nodes-1), container `pytorch`
-  running torchrun, GPUs, /dev/shm, NCCL env, credentials through secretKeyRef only.
+  running torchrun, GPUs, /dev/shm, NCCL env, credentials through secretKeyRef only, and a
+  securityContext that passes Pod Security "restricted" (the trainer image runs as uid 1000).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ CONFIG_KEY = "config.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 CACHE_DIR = "/var/cache/kubetune"
 CONTAINER_NAME = "pytorch"  # the Kubeflow training operator requires this name
-DEFAULT_MASTER_PORT = 23456
 
 # Kubeflow names pods and Services `<job>-worker-<index>`; Services must be DNS-1035 labels
 # (<= 63 characters, starting with a letter), so the PyTorchJob name leaves room for the suffix.
@@ -39,7 +40,14 @@ LABEL_JOB = "kubetune.io/finetunejob"
 # OnFailure/Always, so with ExitCode a persistent retryable failure (an S3 outage, a bug that exits
 # 143) would restart forever. The launcher's exit codes still say which kind of failure it was.
 RESTART_POLICY = "OnFailure"
-ANNOTATION_CONFIG_HASH = "kubetune.io/config-hash"
+# Pod Security "restricted": the image must name a numeric non-root USER (the trainer image's is
+# 1000); Kubernetes refuses to start a container whose image would run as root.
+CONTAINER_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,13 @@ def short_name(name: str, max_len: int) -> str:
     return f"{out[:keep].rstrip('-')}-{_digest(name)}"
 
 
+def pytorchjob_name(finetunejob: str) -> str:
+    """The PyTorchJob's name (also the base of every child's name): the operator finds it by this."""
+    return short_name(finetunejob, MAX_JOB_NAME)
+
+
 def child_names(job: api.FineTuneJob) -> ChildNames:
-    base = short_name(job.name, MAX_JOB_NAME)
+    base = pytorchjob_name(job.name)
     # ConfigMap/SA/Role names may be 253 long, but sharing the base keeps them recognisable.
     return ChildNames(
         pytorchjob=base,
@@ -88,6 +101,11 @@ def child_names(job: api.FineTuneJob) -> ChildNames:
         role=f"{base}-trainer",
         role_binding=f"{base}-trainer",
     )
+
+
+def reports_status(job: api.FineTuneJob) -> bool:
+    """Whether the pods run as the per-job ServiceAccount that may patch this job's status."""
+    return not job.spec.resources.service_account_name
 
 
 def labels(job: api.FineTuneJob) -> dict[str, str]:
@@ -124,7 +142,7 @@ def config_yaml(job: api.FineTuneJob) -> str:
     return header + yaml.safe_dump(resolved_config(job), sort_keys=False)
 
 
-def build_configmap(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
+def build_configmap(job: api.FineTuneJob) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -138,16 +156,17 @@ def build_configmap(job: api.FineTuneJob, settings: RenderSettings) -> dict[str,
 # --------------------------------------------------------------------------------------------
 
 
-def build_rbac(job: api.FineTuneJob, settings: RenderSettings) -> list[dict[str, Any]]:
-    """A Role that may read this FineTuneJob and patch its status, nothing else, bound to the pods'
-    ServiceAccount: a per-job one, or the user's own (spec.resources.serviceAccountName, e.g. for
-    IRSA), which then gets this narrow permission added rather than losing progress reporting."""
+def build_rbac(job: api.FineTuneJob) -> list[dict[str, Any]]:
+    """A per-job ServiceAccount whose Role may read this FineTuneJob and patch its status, nothing else.
+
+    None with spec.resources.serviceAccountName (e.g. for IRSA): that account may run other jobs'
+    pods too, and binding this Role to it would let them patch this job's status.
+    """
+    if not reports_status(job):
+        return []
     names = child_names(job)
-    user_sa = job.spec.resources.service_account_name
-    objects: list[dict[str, Any]] = []
-    if not user_sa:
-        objects.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, names.service_account)})
-    objects += [
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(job, names.service_account)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
@@ -172,12 +191,9 @@ def build_rbac(job: api.FineTuneJob, settings: RenderSettings) -> list[dict[str,
             "kind": "RoleBinding",
             "metadata": _meta(job, names.role_binding),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.role},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": user_sa or names.service_account, "namespace": job.namespace}
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": names.service_account, "namespace": job.namespace}],
         },
     ]
-    return objects
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +213,7 @@ def trainer_env(job: api.FineTuneJob) -> list[dict[str, Any]]:
         _env("KUBETUNE_CONFIG", CONFIG_PATH),
         _env("KUBETUNE_JOB_NAME", job.name),
         _env("KUBETUNE_JOB_NAMESPACE", job.namespace),
-        _env("KUBETUNE_STATUS_REPORTING", "kubernetes"),
+        _env("KUBETUNE_STATUS_REPORTING", "kubernetes" if reports_status(job) else "off"),
         _env("KUBETUNE_CACHE_DIR", CACHE_DIR),
         _env("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"),
         _env("HF_HOME", f"{CACHE_DIR}/hf"),
@@ -314,6 +330,7 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, An
         ],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": dict(CONTAINER_SECURITY_CONTEXT),
     }
     for vol in spec.volumes or []:
         container["volumeMounts"].append({"name": vol.name, "mountPath": vol.mount_path, "readOnly": vol.read_only})
@@ -374,12 +391,10 @@ def build_pytorchjob(job: api.FineTuneJob, settings: RenderSettings) -> dict[str
         extra["kueue.x-k8s.io/queue-name"] = spec.queue_name
     if spec.priority:
         extra["kueue.x-k8s.io/priority-class"] = spec.priority
-    meta = _meta(job, names.pytorchjob, extra)
-    meta["annotations"] = {ANNOTATION_CONFIG_HASH: _digest(config_yaml(job), 16)}
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": meta,
+        "metadata": _meta(job, names.pytorchjob, extra),
         "spec": {
             "nprocPerNode": str(res.procs_per_node),
             "runPolicy": run_policy,
@@ -417,7 +432,7 @@ def cluster_problems(job: api.FineTuneJob) -> list[str]:
 def build_children(job: api.FineTuneJob, settings: RenderSettings | None = None) -> list[dict[str, Any]]:
     """Everything the operator creates for a FineTuneJob, in creation order (PyTorchJob last)."""
     settings = settings or RenderSettings()
-    return [build_configmap(job, settings), *build_rbac(job, settings), build_pytorchjob(job, settings)]
+    return [build_configmap(job), *build_rbac(job), build_pytorchjob(job, settings)]
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
@@ -425,7 +440,6 @@ def to_yaml(objects: list[dict[str, Any]]) -> str:
 
 
 __all__ = [
-    "ANNOTATION_CONFIG_HASH",
     "CONFIG_PATH",
     "LABEL_JOB",
     "ChildNames",
@@ -439,6 +453,8 @@ __all__ = [
     "config_yaml",
     "labels",
     "pod_template",
+    "pytorchjob_name",
+    "reports_status",
     "resolved_config",
     "short_name",
     "to_yaml",

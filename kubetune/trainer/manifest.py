@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.v1alpha1 import API_VERSION, now_rfc3339
+from kubetune.api.conditions import now_rfc3339
+from kubetune.api.v1alpha1 import API_VERSION
 
 if TYPE_CHECKING:
     from kubetune.storage import StorageOptions, UploadedFile

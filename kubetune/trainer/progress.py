@@ -1,6 +1,6 @@
 """Progress events from rank 0: a tqdm bar, progress.jsonl, the FineTuneJob status, a loss curve.
 
-One event is a dict with the camelCase fields of `kubetune.api.v1alpha1.Progress`. The same dicts go
+One event is a dict from `kubetune.reporting.progress_event`. The same dicts go
 to the local JSON-lines log (mirrored to `<output>/progress.jsonl`, throttled) and, in pods, to the
 operator's StatusReporter, which merge-patches `status.progress` of the FineTuneJob.
 """
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from kubetune.api.v1alpha1 import now_rfc3339
-from kubetune.reporting import format_eta, percent_done
+from kubetune.reporting import format_eta, progress_event
 from kubetune.trainer.failures import check_loss
 
 if TYPE_CHECKING:
@@ -26,18 +25,6 @@ log = logging.getLogger("kubetune.trainer")
 
 
 __all__ = ["ProgressCallback", "ProgressSink", "format_eta", "progress_event"]
-
-
-def progress_event(stage: str, *, step: int | None = None, total: int | None = None, **fields: Any) -> dict[str, Any]:
-    """A Progress dict; None fields are left out so a merge-patch never erases the last known value."""
-    event: dict[str, Any] = {"stage": stage, "step": step, "totalSteps": total}
-    if step is not None and total:
-        event["percent"], event["display"] = percent_done(step, total)
-    event.update(fields)
-    if event.get("etaSeconds") is not None:
-        event["eta"] = format_eta(event["etaSeconds"])
-    event["updatedAt"] = now_rfc3339()
-    return {k: v for k, v in event.items() if v is not None}
 
 
 def _reporter() -> Any:

@@ -33,11 +33,11 @@ def cluster(api_server: RunningApiServer) -> Cluster:
 @pytest.fixture(scope="module")
 def operator_factory(
     api_server: RunningApiServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[], OperatorProcess]]:
+) -> Iterator[Callable[..., OperatorProcess]]:
     made: list[OperatorProcess] = []
 
-    def make() -> OperatorProcess:
-        op = OperatorProcess(api_server, tmp_path_factory.mktemp("operator"))
+    def make(scope: tuple[str, ...] = ("--namespace", "default")) -> OperatorProcess:
+        op = OperatorProcess(api_server, tmp_path_factory.mktemp("operator"), scope=scope)
         made.append(op)
         return op
 

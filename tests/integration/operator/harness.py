@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,28 @@ class Cluster:
     def event_messages(self, name: str) -> list[str]:
         return [e.message for e in self.events(name)]
 
-    # ---- the Kubeflow training operator -----------------------------------------------------
+    # ---- the Kubeflow training operator and the kubelet ---------------------------------------
+
+    def create_failed_pod(self, name: str, pytorchjob: str, **terminated: Any) -> None:
+        """A training pod whose container ended as `terminated` says (exitCode, reason, message)."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"training.kubeflow.org/job-name": pytorchjob}},
+            "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
+        }
+        self.core.create_namespaced_pod("default", pod)
+        container = {
+            "name": "pytorch",
+            "image": "trainer",
+            "imageID": "trainer@sha256:0",
+            "ready": False,
+            "restartCount": 0,
+            "state": {"terminated": terminated},
+        }
+        self.core.patch_namespaced_pod_status(
+            name, "default", {"status": {"containerStatuses": [container]}}, _content_type=MERGE
+        )
 
     def pytorchjob(self, name: str) -> dict[str, Any] | None:
         try:
@@ -161,14 +183,24 @@ class Cluster:
 class OperatorProcess:
     """`kubetune operator --namespace default` as a real process, killable and restartable."""
 
-    def __init__(self, server: RunningApiServer, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+    # Its bearer token: `RunningApiServer.api_calls(OperatorProcess.TOKEN)` lists what it did.
+    TOKEN = "kubetune-operator"
+
+    def __init__(
+        self,
+        server: RunningApiServer,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        scope: tuple[str, ...] = ("--namespace", "default"),
+    ) -> None:
         self.server = server
         self.workdir = workdir
+        self.scope = scope
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.env = {
             **os.environ,
-            "KUBECONFIG": str(server.kubeconfig),
+            "KUBECONFIG": str(server.kubeconfig_for(self.TOKEN)),
             "KUBETUNE_METRICS_PORT": str(self.metrics_port),
             "KUBETUNE_HEALTH_PORT": str(self.health_port),
             "KUBETUNE_LOG_FORMAT": "plain",
@@ -186,7 +218,7 @@ class OperatorProcess:
         self.starts += 1
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", "--namespace", "default", "--standalone"],
+            [sys.executable, "-m", "kubetune.cli", "operator", *self.scope, "--standalone"],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -196,8 +228,6 @@ class OperatorProcess:
         return self
 
     def healthy(self) -> bool:
-        import urllib.request
-
         assert self.proc is not None and self.proc.poll() is None, f"operator exited:\n{self.log_tail()}"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as rsp:
@@ -223,6 +253,19 @@ class OperatorProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         return self.proc.returncode
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics, parsed as Prometheus parses it (0 when absent:
+        a labelled counter appears with its first increment)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as rsp:
+            text = rsp.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def log_tail(self, lines: int = 60) -> str:
         paths = sorted(self.workdir.glob("operator-*.log"))

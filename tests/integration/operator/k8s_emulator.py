@@ -133,6 +133,8 @@ class ApiServer(kmock.KubernetesEmulator):
     _columns: dict[tuple[str, str, str], list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
     # Called as observer(event_type, obj) on every stored change, in the server's thread (benchmarks).
     observers: list[Callable[[str, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    # Plural -> how many creates of it to answer 503 (an API server blip, for retry tests).
+    unavailable_creates: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -218,6 +220,9 @@ class ApiServer(kmock.KubernetesEmulator):
     def _write(self, request: kmock.Request) -> tuple[dict[str, Any], int]:
         action = request.action
         if action == kmock.action.CREATE:
+            if self.unavailable_creates.get(request.resource.plural, 0) > 0:
+                self.unavailable_creates[request.resource.plural] -= 1
+                raise _error(503, "ServiceUnavailable", "the server is currently unable to handle the request")
             return self._create(request.resource, request.namespace, request.data), 201
         if request.name is None or action not in (kmock.action.UPDATE, kmock.action.DELETE):
             raise _error(405, "MethodNotAllowed", f"{request.method} is not supported here")
@@ -582,17 +587,64 @@ class RunningApiServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
 
-    def kubeconfig_dict(self) -> dict[str, Any]:
+    def kubeconfig_for(self, token: str) -> Path:
+        """A kubeconfig whose bearer token names its user, so `api_calls(token)` tells their calls apart."""
+        path = self.kubeconfig.with_name(f"kubeconfig-{token}.yaml")
+        path.write_text(yaml.safe_dump(self.kubeconfig_dict(token)))
+        return path
+
+    def api_calls(self, token: str) -> set[tuple[str, str, str]]:
+        """(apiGroup, resource[/subresource], verb) of every request made with this token, as RBAC
+        authorizes them; discovery (/api, /apis, /version) needs no grant and is left out."""
+        calls = set()
+        for request in list(self.emulator._requests):
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            if headers.get("authorization") != f"Bearer {token}":
+                continue
+            call = rbac_attributes(request.method, request.url.path, dict(request.params))
+            if call is not None:
+                calls.add(call)
+        return calls
+
+    def kubeconfig_dict(self, token: str = "not-checked") -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "not-checked"}}],
+            "users": [{"name": "tester", "user": {"token": token}}],
             "contexts": [
                 {"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}
             ],
             "current-context": "emulator",
         }
+
+
+def rbac_attributes(method: str, path: str, params: dict[str, str]) -> tuple[str, str, str] | None:
+    """(apiGroup, resource[/subresource], verb) of a resource request, as the API server's
+    RequestInfoFactory derives them; None for a non-resource (discovery) request."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]  # namespaced: namespaces/<ns>/<resource>[/<name>[/<subresource>]]
+    resource, name = rest[0], rest[1] if len(rest) > 1 else None
+    if len(rest) > 2:
+        resource = f"{resource}/{rest[2]}"
+    method = str(getattr(method, "name", method)).upper()
+    if method == "GET":
+        verb = "watch" if params.get("watch") in ("true", "1") else ("get" if name else "list")
+    else:
+        verb = {
+            "POST": "create",
+            "PATCH": "patch",
+            "PUT": "update",
+            "DELETE": "delete" if name else "deletecollection",
+        }[method]
+    return group, resource, verb
 
 
 def dump(obj: Any) -> str:

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
+from kubetune.api.conditions import PHASES
 from kubetune.api.validation import SpecError, parse_job
-from kubetune.operator.reconcile import backoff
 from kubetune.render import RenderSettings, build_children
-from kubetune.reporting import StatusReporter
+from kubetune.reporting import StatusReporter, progress_event
 from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for
 
 pytestmark = pytest.mark.integration
@@ -156,15 +158,9 @@ def test_running_then_succeeded_with_progress_from_the_trainer(
     trainer = reporter("happy")
     sent = time.monotonic()
     trainer.report(
-        progress={
-            "stage": "training",
-            "step": 84,
-            "totalSteps": 200,
-            "loss": 1.23456,
-            "etaSeconds": 3720,
-            "tokensPerSecond": 5120.5,
-            "epoch": 0.42,
-        }
+        progress=progress_event(
+            "training", step=84, total=200, loss=1.23456, etaSeconds=3720, tokensPerSecond=5120.5, epoch=0.42
+        )
     )
     trainer.report(data_report={"rowsRead": 1000, "invalid": 0, "uri": "s3://models/happy/data_report.json"})
     progress = wait_for("status.progress", lambda: cluster.job("happy")["status"].get("progress"), timeout=30)
@@ -180,7 +176,7 @@ def test_running_then_succeeded_with_progress_from_the_trainer(
     row = _printed_row(cluster, "happy")  # what `kubectl get ftj` shows (server-side printing)
     assert (row["Phase"], row["Progress"], row["Loss"], row["ETA"]) == ("Training", "42% 84/200", 1.2346, "1h02m")
 
-    trainer.report(progress={"stage": "exporting", "step": 200, "totalSteps": 200, "loss": 0.5})
+    trainer.report(progress=progress_event("exporting", step=200, total=200, loss=0.5))
     wait_for("phase Exporting", lambda: cluster.phase("happy") == "Exporting")
     trainer.report(
         progress={"stage": "done"},
@@ -255,33 +251,7 @@ def test_a_killed_pods_reason_reaches_the_failed_condition(cluster: Cluster, ope
     cluster.set_pytorchjob_condition("oom", "Running", "PyTorchJobRunning", "running")
     wait_for("phase Training", lambda: cluster.phase("oom") == "Training")
     # What the kubelet and the Kubeflow controller leave behind when the master is OOM-killed.
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "oom-master-0", "labels": {"training.kubeflow.org/job-name": "oom"}},
-        "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
-    }
-    cluster.core.create_namespaced_pod("default", pod)
-    terminated = {"exitCode": 137, "reason": "OOMKilled", "message": "loading shard 3/4"}
-    cluster.core.patch_namespaced_pod_status(
-        "oom-master-0",
-        "default",
-        {
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "pytorch",
-                        "image": "trainer",
-                        "imageID": "trainer@sha256:0",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {"terminated": terminated},
-                    }
-                ]
-            }
-        },
-        _content_type="application/merge-patch+json",
-    )
+    cluster.create_failed_pod("oom-master-0", "oom", exitCode=137, reason="OOMKilled", message="loading shard 3/4")
     cluster.set_pytorchjob_condition("oom", "Failed", "PyTorchJobFailed", "1 Master replica(s) failed.")
     failed = wait_for(
         "the Failed condition", lambda: cluster.phase("oom") == "Failed" and cluster.condition("oom", "Failed")
@@ -294,10 +264,9 @@ def test_a_killed_pods_reason_reaches_the_failed_condition(cluster: Cluster, ope
 
 
 def test_invalid_spec_fails_without_a_pytorchjob(cluster: Cluster, operator: OperatorProcess) -> None:
-    runs_before = _counter(operator, "kubetune_reconcile_total", "create")
+    runs_before = operator.metric("kubetune_reconcile_total", handler="create")
     bad = job_manifest("bad-spec", training={"learningRate": 5, "epochz": 3})
     cluster.create_job(bad)
-    created = time.monotonic()
     wait_for("phase Failed", lambda: cluster.phase("bad-spec") == "Failed")
     validated = cluster.condition("bad-spec", "Validated")
     assert validated is not None and validated["status"] == "False" and validated["reason"] == "InvalidSpec"
@@ -309,10 +278,13 @@ def test_invalid_spec_fails_without_a_pytorchjob(cluster: Cluster, operator: Ope
         "the InvalidSpec event", lambda: [e for e in cluster.events("bad-spec") if e.reason == "InvalidSpec"]
     )
     assert events[0].type == "Warning"
-    # Events are deduplicated, so only the handler count shows a retry; the first would come after
-    # backoff(0) = 2 s.
-    time.sleep(max(0.0, created + backoff(0) + 1.0 - time.monotonic()))
-    assert _counter(operator, "kubetune_reconcile_total", "create") == runs_before + 1, "no retries"
+    # Kopf stores the handled configuration once no handler of the change is left to run or retry
+    # (a TemporaryError keeps the cycle open); then the handler count shows there was one run.
+    wait_for(
+        "Kopf to close the creation",
+        lambda: "kubetune.io/last-handled-configuration" in cluster.job("bad-spec")["metadata"]["annotations"],
+    )
+    assert operator.metric("kubetune_reconcile_total", handler="create") == runs_before + 1, "no retries"
     assert cluster.pytorchjob("bad-spec") is None
 
 
@@ -368,6 +340,29 @@ def test_a_deleted_pytorchjob_of_a_running_job_is_made_again(cluster: Cluster, o
     assert owners.count("lost") == 1
 
 
+def test_a_failed_re_creation_is_retried_by_the_timer(cluster: Cluster, operator: OperatorProcess) -> None:
+    cluster.create_job(job_manifest("blip"))
+    first = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("blip"))
+    cluster.set_pytorchjob_condition("blip", "Running", "PyTorchJobRunning", "running")
+    wait_for("phase Training", lambda: cluster.phase("blip") == "Training")
+    cluster.server.emulator.unavailable_creates["pytorchjobs"] = 1  # the re-creation's first try gets a 503
+
+    cluster.custom.delete_namespaced_custom_object("kubeflow.org", "v1", "default", "pytorchjobs", "blip")
+    again = wait_for(
+        "a new PyTorchJob",
+        lambda: (pj := cluster.pytorchjob("blip")) and pj["metadata"]["uid"] != first["metadata"]["uid"] and pj,
+        timeout=30,
+    )
+    assert cluster.server.emulator.unavailable_creates["pytorchjobs"] == 0, "the first attempt met the 503"
+    assert again["spec"] == first["spec"]
+    assert operator.metric("kubetune_reconcile_total", handler="recreate") >= 1, "made by the retry timer"
+    wait_for(
+        "PyTorchJobCreated again",
+        lambda: (cluster.condition("blip", "PyTorchJobCreated") or {}).get("status") == "True",
+    )
+    assert "Re-created PyTorchJob blip (it was deleted)" in cluster.event_messages("blip")
+
+
 @pytest.mark.parametrize("seen_finishing", [True, False], ids=["ttl-later", "ttl-zero"])
 def test_a_finished_job_keeps_its_result_when_its_pytorchjob_goes(
     cluster: Cluster, operator: OperatorProcess, seen_finishing: bool
@@ -387,8 +382,10 @@ def test_a_finished_job_keeps_its_result_when_its_pytorchjob_goes(
     wait_for("phase Succeeded", lambda: cluster.phase(name) == "Succeeded")
     # An event on the FineTuneJob itself (the kind the status watcher gets for any edit), carrying
     # no PyTorchJob: the stored phase alone must say "finished".
+    syncs = operator.metric("kubetune_reconcile_total", handler="status")
     cluster.patch_job(name, {"metadata": {"annotations": {"example.com/touched": "yes"}}})
-    time.sleep(1.0)  # a re-creation would come within ~0.2 s of either event
+    # A re-creation would happen inside the status sync of that event: wait for one to finish.
+    wait_for("a status sync", lambda: operator.metric("kubetune_reconcile_total", handler="status") > syncs)
     assert cluster.pytorchjob(name) is None, "a finished job must not train again"
     assert cluster.phase(name) == "Succeeded"
     assert not any(m.startswith("Re-created") for m in cluster.event_messages(name))
@@ -469,7 +466,9 @@ def test_restart_adopts_what_a_killed_operator_made(cluster: Cluster, operator: 
     operator.start()
     for i in range(8):
         cluster.create_job(job_manifest(f"burst-{i}"))
-    time.sleep(0.3)
+    wait_for(
+        "the burst under way", lambda: any(pj["metadata"]["name"].startswith("burst-") for pj in cluster.pytorchjobs())
+    )
     operator.kill()
     operator.start()
 
@@ -512,7 +511,9 @@ def test_after_a_restart_only_the_unfinished_job_gets_its_deleted_pytorchjob_bac
             == ["Re-created PyTorchJob lost-offline (it was deleted)"]
         ),
     )
-    time.sleep(0.5)  # both resume handlers run at start; give the finished one's the same time
+    # Both resume handlers run at start (one per FineTuneJob): wait until every job's has.
+    jobs = cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")["items"]
+    wait_for("every resume handler", lambda: operator.metric("kubetune_reconcile_total", handler="create") >= len(jobs))
     assert cluster.pytorchjob("done-offline") is None, "a finished job must not train again"
     assert cluster.phase("done-offline") == "Succeeded"
 
@@ -520,28 +521,16 @@ def test_after_a_restart_only_the_unfinished_job_gets_its_deleted_pytorchjob_bac
 def test_metrics_and_health(cluster: Cluster, operator: OperatorProcess) -> None:
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as rsp:
         assert rsp.status == 200
-    wait_for("phases in metrics", lambda: 'kubetune_finetunejobs{phase="Pending"}' in _metrics(operator))
-    text = _metrics(operator)
-    counts = {
-        line.split("}")[0].split('"')[1]: int(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("kubetune_finetunejobs{")
-    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as rsp:
+        assert rsp.headers["Content-Type"] == CONTENT_TYPE_LATEST  # the text format Prometheus negotiates
+        text = rsp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counts = {s.labels["phase"]: s.value for s in families["kubetune_finetunejobs"].samples}
+    assert set(counts) == set(PHASES)
     jobs = cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")["items"]
     assert sum(counts.values()) == len(jobs)
-    assert 'kubetune_reconcile_duration_seconds_count{handler="status"}' in text
-    assert 'kubetune_reconcile_errors_total{handler="create"}' in text
-
-
-def _metrics(op: OperatorProcess) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as rsp:
-        return str(rsp.read().decode())
-
-
-def _counter(op: OperatorProcess, metric: str, handler: str) -> int:
-    prefix = f'{metric}{{handler="{handler}"}} '
-    line = next((x for x in _metrics(op).splitlines() if x.startswith(prefix)), prefix + "0")
-    return int(line.split()[-1])
+    assert operator.metric("kubetune_reconcile_duration_seconds_count", handler="status") > 0
+    assert any(s.labels == {"handler": "create"} for s in families["kubetune_reconcile_errors"].samples)
 
 
 def test_delete_takes_the_children_and_sigterm_exits_cleanly(cluster: Cluster, operator: OperatorProcess) -> None:

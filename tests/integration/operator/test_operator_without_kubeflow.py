@@ -23,15 +23,6 @@ def operator(cluster: Cluster, operator_factory: Callable[[], OperatorProcess]) 
     print(op.log_tail())
 
 
-def _create_errors(op: OperatorProcess) -> int:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as rsp:
-        text = rsp.read().decode()
-    line = next((x for x in text.splitlines() if x.startswith('kubetune_reconcile_errors_total{handler="create"}')), "")
-    return int(line.split()[-1]) if line else 0
-
-
 def test_waits_for_the_pytorchjob_crd_then_proceeds(cluster: Cluster, operator: OperatorProcess) -> None:
     cluster.create_job(job_manifest("early"))
     waiting = wait_for(
@@ -42,7 +33,7 @@ def test_waits_for_the_pytorchjob_crd_then_proceeds(cluster: Cluster, operator: 
     assert "Kubeflow Training Operator" in waiting["message"]
     assert "pytorchjobs.kubeflow.org" in waiting["message"]
     assert cluster.phase("early") == "Pending"
-    wait_for("a retry", lambda: _create_errors(operator) >= 2, timeout=10)
+    wait_for("a retry", lambda: operator.metric("kubetune_reconcile_errors_total", handler="create") >= 2, timeout=10)
     assert operator.proc is not None and operator.proc.poll() is None, "waiting must not crash the operator"
 
     cluster.install_pytorchjob_crd()

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.operator.status import PHASES
+from kubetune.api.conditions import PHASES
 
 REPO = Path(__file__).resolve().parents[3]
 KUSTOMIZATION = REPO / "gitops" / "flux" / "kustomization.yaml"

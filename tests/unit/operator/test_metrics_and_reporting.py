@@ -6,9 +6,19 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.operator.metrics import Metrics
-from kubetune.reporting import StatusReporter, enrich_progress, format_eta
+from kubetune.reporting import StatusReporter, format_eta, progress_event
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """(sample name, labels) -> value, parsed as Prometheus parses the exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_metrics_exposition() -> None:
@@ -20,15 +30,20 @@ def test_metrics_exposition() -> None:
     m.observe("status", 0.02, failed=False)
     with pytest.raises(RuntimeError), m.reconcile("create"):
         raise RuntimeError("API down")
-    text = m.render()
-    assert 'kubetune_finetunejobs{phase="Training"} 2' in text
-    assert 'kubetune_finetunejobs{phase="Failed"} 0' in text
-    assert 'kubetune_reconcile_errors_total{handler="create"} 1' in text
-    assert 'kubetune_reconcile_errors_total{handler="status"} 0' in text
-    assert 'kubetune_reconcile_duration_seconds_bucket{handler="status",le="0.01"} 0' in text
-    assert 'kubetune_reconcile_duration_seconds_bucket{handler="status",le="0.025"} 1' in text
-    assert 'kubetune_reconcile_duration_seconds_bucket{handler="status",le="+Inf"} 1' in text
-    assert 'kubetune_reconcile_duration_seconds_count{handler="status"} 1' in text
+    text = m.render().decode()
+    samples = _samples(text)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    assert value("kubetune_finetunejobs", phase="Training") == 2
+    assert value("kubetune_finetunejobs", phase="Failed") == 0
+    assert value("kubetune_reconcile_errors_total", handler="create") == 1
+    assert value("kubetune_reconcile_errors_total", handler="status") == 0
+    assert value("kubetune_reconcile_duration_seconds_bucket", handler="status", le="0.01") == 0
+    assert value("kubetune_reconcile_duration_seconds_bucket", handler="status", le="0.025") == 1
+    assert value("kubetune_reconcile_duration_seconds_bucket", handler="status", le="+Inf") == 1
+    assert value("kubetune_reconcile_duration_seconds_count", handler="status") == 1
     assert "# TYPE kubetune_reconcile_duration_seconds histogram" in text
 
 
@@ -39,12 +54,15 @@ def test_format_eta(seconds: float | None, text: str | None) -> None:
     assert format_eta(seconds) == text
 
 
-def test_enrich_progress_fills_printer_columns() -> None:
-    out = enrich_progress({"step": 84, "totalSteps": 200, "etaSeconds": 61, "loss": 1.234567})
+def test_progress_event_fills_printer_columns_and_the_reporter_rounds_the_loss() -> None:
+    out = progress_event("training", step=84, total=200, etaSeconds=61, loss=1.234567)
     assert out["display"] == "42% 84/200"
     assert out["percent"] == 42.0
     assert out["eta"] == "1m01s"
-    assert out["loss"] == 1.2346
+    assert out["updatedAt"].endswith("Z")
+    api = Recorder()
+    StatusReporter("j", "ns", custom_objects_api=api).report(progress=out, force=True)
+    assert api.patches[0]["status"]["progress"]["loss"] == 1.2346
 
 
 class Recorder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubetune.operator.reconcile import CRD_MISSING, awaiting_result, backoff, owner_of, pytorchjob_name
+from kubetune.operator.reconcile import awaiting_result, backoff, owner_of
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -22,30 +22,6 @@ def test_owner_of_reads_the_finetunejob_reference() -> None:
     }
     assert owner_of(pj) == "mine"
     assert owner_of({"metadata": {}}) is None
-
-
-def test_pytorchjob_name_matches_the_render() -> None:
-    from kubetune.api.validation import parse_job
-    from kubetune.render import child_names
-
-    long_name = "a-very-long-fine-tune-job-name-that-does-not-fit-into-a-service-name"
-    job = parse_job(
-        {
-            "apiVersion": "kubetune.io/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": long_name},
-            "spec": {
-                "model": {"source": "m/x"},
-                "datasets": [{"source": "s3://data/d.jsonl"}],
-                "output": {"uri": "s3://models/out/"},
-            },
-        }
-    )
-    assert pytorchjob_name(long_name) == child_names(job).pytorchjob
-
-
-def test_crd_missing_message_says_what_to_install() -> None:
-    assert "pytorchjobs.kubeflow.org" in CRD_MISSING and "training-operator" in CRD_MISSING
 
 
 @pytest.mark.parametrize(

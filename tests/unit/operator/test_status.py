@@ -68,7 +68,7 @@ def test_no_pytorchjob_is_pending() -> None:
 
 def test_running_carries_reason_message_and_start_time() -> None:
     obs = observed(pj(("Running", "PyTorchJobRunning", "PyTorchJob default/j is running."), startTime=EARLIER))
-    out = st.observe(obs)
+    out, events = st.observe(obs)
     assert out["phase"] == "Training"
     assert out["startTime"] == EARLIER
     running = st.find_condition(out["conditions"], "Running")
@@ -80,20 +80,20 @@ def test_running_carries_reason_message_and_start_time() -> None:
     )
     assert running["observedGeneration"] == 3
     assert out["observedGeneration"] == 3
-    assert obs.transitions == [st.Transition("Normal", "Training", "Training started")]
+    assert events == [st.Event("Normal", "Training", "Training started")]
 
 
 def test_failed_prefers_the_trainers_last_words() -> None:
     status = {"pytorchJob": "j", "phase": "Training", "progress": {"stage": "failed", "message": "OOM at step 3"}}
     obs = observed(pj(("Failed", "PyTorchJobFailed", "1 Master replica(s) failed.")), status)
-    out = st.observe(obs)
+    out, events = st.observe(obs)
     failed = st.find_condition(out["conditions"], "Failed")
     assert failed is not None
     assert failed["reason"] == "PyTorchJobFailed"
     assert failed["message"] == "OOM at step 3 | 1 Master replica(s) failed."
     assert out["completionTime"] == NOW
-    assert obs.transitions[0].type == "Warning"
-    assert obs.transitions[0].message == "Failed: OOM at step 3 | 1 Master replica(s) failed."
+    assert events[0].type == "Warning"
+    assert events[0].message == "Failed: OOM at step 3 | 1 Master replica(s) failed."
 
 
 def test_progress_message_of_a_live_stage_is_not_a_failure_reason() -> None:
@@ -103,7 +103,7 @@ def test_progress_message_of_a_live_stage_is_not_a_failure_reason() -> None:
 
 def test_succeeded_names_the_model_and_keeps_pytorchjob_times() -> None:
     status = {"pytorchJob": "j", "phase": "Exporting", "outputs": {"model": "s3://out/j/model/"}}
-    out = st.observe(observed(pj(("Succeeded", "PyTorchJobSucceeded", "done"), completionTime=EARLIER), status))
+    out, _ = st.observe(observed(pj(("Succeeded", "PyTorchJobSucceeded", "done"), completionTime=EARLIER), status))
     assert out["phase"] == "Succeeded"
     assert out["completionTime"] == EARLIER
     ok = st.find_condition(out["conditions"], "Succeeded")
@@ -112,16 +112,16 @@ def test_succeeded_names_the_model_and_keeps_pytorchjob_times() -> None:
 
 def test_operator_never_writes_trainer_fields() -> None:
     status = {"pytorchJob": "j", "progress": {"step": 1}, "outputs": {"model": "x"}, "dataReport": {"rowsRead": 1}}
-    out = st.observe(observed(pj(("Running", "r", "")), status))
+    out, _ = st.observe(observed(pj(("Running", "r", "")), status))
     assert set(out) <= set(st.OPERATOR_FIELDS)
 
 
 def test_same_state_twice_is_a_no_op_patch() -> None:
-    first = st.observe(observed(pj(("Running", "r", "m"))))
+    first, _ = st.observe(observed(pj(("Running", "r", "m"))))
     status = {**first, "progress": {"step": 2}}
-    second_obs = observed(pj(("Running", "r", "m")), status)
-    assert st.changed(status, st.observe(second_obs)) == {}
-    assert second_obs.transitions == []
+    second, events = st.observe(observed(pj(("Running", "r", "m")), status))
+    assert st.status_patch(status, second) == {}
+    assert events == []
 
 
 def test_condition_transition_time_moves_only_with_status() -> None:
@@ -136,7 +136,7 @@ def test_invalid_spec_is_final_until_fixed() -> None:
     invalid = st.invalid_spec_status(["spec.x: bad"], 1, None, EARLIER)
     assert invalid["phase"] == "Failed"
     assert st.find_condition(invalid["conditions"], "Validated")["reason"] == "InvalidSpec"  # type: ignore[index]
-    assert st.observe(observed(None, invalid)) == invalid
+    assert st.observe(observed(None, invalid)) == (invalid, [])
     fixed = st.created_status("j", 2, invalid, NOW)
     assert fixed["phase"] == "Pending" and fixed["completionTime"] is None
     assert st.find_condition(fixed["conditions"], "Failed") is None
@@ -144,15 +144,15 @@ def test_invalid_spec_is_final_until_fixed() -> None:
 
 def test_spec_edits_are_named_and_refused() -> None:
     obs = observed(pj(("Running", "r", "")), training={"learningRate": 0.1})
-    out = st.observe(obs)
+    out, events = st.observe(obs)
     refused = st.find_condition(out["conditions"], "SpecApplied")
     assert refused is not None and refused["status"] == "False" and refused["reason"] == "SpecImmutable"
     assert refused["message"].startswith("spec.training.learningRate changed after PyTorchJob j was created")
-    assert any(t.reason == "SpecImmutable" for t in obs.transitions)
+    assert any(e.reason == "SpecImmutable" for e in events)
 
 
 def test_suspend_is_the_one_mutable_field() -> None:
-    out = st.observe(observed(pj(("Running", "r", "")), suspend=True))
+    out, _ = st.observe(observed(pj(("Running", "r", "")), suspend=True))
     assert st.find_condition(out["conditions"], "SpecApplied")["status"] == "True"  # type: ignore[index]
 
 
@@ -172,8 +172,7 @@ def test_changed_paths(old: dict[str, Any], new: dict[str, Any], paths: list[str
 
 def test_resume_event_names_the_resume() -> None:
     obs = observed(pj(("Running", "r", "")), {"pytorchJob": "j", "phase": "Suspended"})
-    st.observe(obs)
-    assert obs.transitions == [st.Transition("Normal", "Resumed", "Resumed: training again")]
+    assert st.observe(obs)[1] == [st.Event("Normal", "Resumed", "Resumed: training again")]
 
 
 def test_pod_failure_reason_and_last_line() -> None:
@@ -221,10 +220,10 @@ def test_pod_failure_skips_trailing_blank_lines() -> None:
 def test_failed_condition_is_written_once() -> None:
     first = observed(pj(("Failed", "PyTorchJobFailed", "failed")), {"pytorchJob": "j", "phase": "Training"})
     first.pod_failure = ("OOMKilled", "pod j-master-0: OOMKilled (exit code 137)")
-    status = st.observe(first)
+    status, _ = st.observe(first)
     assert st.find_condition(status["conditions"], "Failed")["reason"] == "OOMKilled"  # type: ignore[index]
-    again = st.observe(observed(pj(("Failed", "PyTorchJobFailed", "failed")), status))
-    assert st.changed(status, again) == {}
+    again, _ = st.observe(observed(pj(("Failed", "PyTorchJobFailed", "failed")), status))
+    assert st.status_patch(status, again) == {}
 
 
 @pytest.mark.parametrize(
@@ -238,7 +237,7 @@ def test_failed_condition_is_written_once() -> None:
 def test_ready_and_stalled_follow_kstatus(
     conditions: tuple[tuple[str, str, str], ...], ready: str, stalled: str
 ) -> None:
-    out = st.observe(observed(pj(*conditions)))
+    out, _ = st.observe(observed(pj(*conditions)))
     ready_cond = st.find_condition(out["conditions"], "Ready")
     stalled_cond = st.find_condition(out["conditions"], "Stalled")
     assert ready_cond is not None and ready_cond["status"] == ready

@@ -127,7 +127,7 @@ def test_credentials_only_through_secret_key_refs() -> None:
 
 def test_configmap_holds_the_resolved_job_the_trainer_can_load_back() -> None:
     job = _job()
-    cm = render.build_configmap(job, SETTINGS)
+    cm = render.build_configmap(job)
     doc = yaml.safe_load(cm["data"]["config.yaml"])
     again = parse_job(doc)
     assert again.spec == job.spec
@@ -148,14 +148,122 @@ def test_rbac_lets_the_trainer_patch_only_its_own_status() -> None:
     assert objs["RoleBinding"]["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]
 
 
-def test_user_service_account_gets_the_status_role_bound_instead_of_a_new_account() -> None:
-    job = _job(resources={"serviceAccountName": "irsa-trainer", "gpusPerNode": 0})
-    objs = render.build_children(job, SETTINGS)
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Role", "RoleBinding", "PyTorchJob"]
-    binding = _by_kind(objs)["RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "irsa-trainer", "namespace": "default"}]
-    pod = _by_kind(objs)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "irsa-trainer"
+def _status_patchers(children: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """ServiceAccount -> the FineTuneJobs whose status it may patch, from the rendered RBAC."""
+    roles = {o["metadata"]["name"]: o for o in children if o["kind"] == "Role"}
+    out: dict[str, set[str]] = {}
+    for binding in (o for o in children if o["kind"] == "RoleBinding"):
+        for rule in roles[binding["roleRef"]["name"]]["rules"]:
+            if "finetunejobs/status" in rule["resources"] and "patch" in rule["verbs"]:
+                for subject in binding["subjects"]:
+                    out.setdefault(subject["name"], set()).update(rule["resourceNames"])
+    return out
+
+
+def test_a_shared_user_service_account_cannot_patch_another_jobs_status() -> None:
+    # Two jobs run as the same user ServiceAccount (e.g. one IRSA account per team). Binding each
+    # job's status Role to it let either job's pods patch the other's status.
+    children: list[dict[str, Any]] = []
+    pods: dict[str, str] = {}
+    for name in ("job-a", "job-b"):
+        job = _job(resources={"serviceAccountName": "irsa-trainer", "gpusPerNode": 0})
+        job = parse_job({**job.to_manifest(), "metadata": {"name": name, "namespace": "default"}})
+        objs = render.build_children(job, SETTINGS)
+        children += objs
+        pod = _by_kind(objs)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        pods[name] = pod["serviceAccountName"]
+        assert pods[name] == "irsa-trainer"
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["KUBETUNE_STATUS_REPORTING"] == "off"  # nothing it may patch: it does not try
+        assert [o["kind"] for o in objs] == ["ConfigMap", "PyTorchJob"]
+    patchers = _status_patchers(children)
+    for name, account in pods.items():
+        assert patchers.get(account, set()) <= {name}, f"{account} may patch {sorted(patchers[account])}"
+
+
+def test_per_job_service_accounts_patch_only_their_own_job() -> None:
+    children: list[dict[str, Any]] = []
+    pods: dict[str, str] = {}
+    for name in ("job-a", "job-b"):
+        job = _job()
+        job = parse_job({**job.to_manifest(), "metadata": {"name": name, "namespace": "default"}})
+        objs = render.build_children(job, SETTINGS)
+        children += objs
+        pod = _by_kind(objs)["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        pods[name] = pod["serviceAccountName"]
+    patchers = _status_patchers(children)
+    assert {pods[name]: {name} for name in pods} == patchers
+
+
+def _restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """The Pod Security Standards "restricted" profile (Kubernetes 1.33), as the admission plugin checks it."""
+    problems = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{key}")
+    allowed_volumes = {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= allowed_volumes:
+            problems.append(f"volume {volume['name']}: {sorted(kinds - allowed_volumes)}")
+    pod_sc = pod.get("securityContext") or {}
+    for c in pod["containers"] + (pod.get("initContainers") or []):
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{c['name']}: allowPrivilegeEscalation != false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{c['name']}: capabilities.drop lacks ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{c['name']}: capabilities.add {caps['add']}")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            problems.append(f"{c['name']}: runAsNonRoot != true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            problems.append(f"{c['name']}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{c['name']}: seccompProfile {seccomp}")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            problems.append(f"{c['name']}: hostPort")
+    return problems
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_trainer_pods_pass_pod_security_restricted(path: Path) -> None:
+    job = load_job_file(str(path))
+    pytorchjob = _by_kind(render.build_children(job, SETTINGS))["PyTorchJob"]
+    for replica in pytorchjob["spec"]["pytorchReplicaSpecs"].values():
+        pod = replica["template"]["spec"]
+        if job.spec.network.host_network:  # asked for by the user: "restricted" forbids it, rightly
+            assert _restricted_violations(pod) == ["hostNetwork"]
+        else:
+            assert _restricted_violations(pod) == []
+
+
+def test_restricted_check_catches_a_bare_pod() -> None:
+    bare = {"containers": [{"name": "pytorch"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    assert len(_restricted_violations(bare)) == 5
+
+
+def test_trainer_image_runs_as_a_numeric_non_root_user() -> None:
+    # runAsNonRoot makes the kubelet refuse an image whose USER is root or a name it cannot check.
+    users = [
+        line.split()[1]
+        for line in (ROOT / "trainer_image" / "Dockerfile").read_text().splitlines()
+        if line.startswith("USER ")
+    ]
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0"
 
 
 def test_names_are_deterministic_and_fit_kubernetes_limits() -> None:

@@ -76,17 +76,5 @@ def test_resumed_run_continues_the_earlier_history(tmp_path):
     ],
 )
 def test_percent_is_floored_never_a_premature_100(step, total, percent, display):
-    from kubetune.reporting import enrich_progress
-
     event = progress_event("training", step=step, total=total)
     assert (event["percent"], event["display"]) == (percent, display)
-    status = enrich_progress({"step": step, "totalSteps": total})
-    assert (status["percent"], status["display"]) == (percent, display)
-
-
-def test_one_formatter_for_trainer_and_status():
-    from kubetune import reporting
-    from kubetune.trainer import progress
-
-    assert progress.format_eta is reporting.format_eta
-    assert progress.percent_done is reporting.percent_done
