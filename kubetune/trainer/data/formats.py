@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-FORMATS = ("alpaca", "sharegpt", "openai")
+from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 
 
 class RowError(ValueError):
@@ -22,7 +22,8 @@ class RowError(ValueError):
 
 @dataclass(frozen=True)
 class Mapping:
-    """Resolved LLaMA-Factory columns + tags for one dataset (unset keys take the format's defaults)."""
+    """The names of the spec's `columns` and `tags` (api ColumnMapping/TagMapping), LLaMA-Factory's default
+    where unset; the turn keys and role values of sharegpt/openai default per format (see the *_tags methods)."""
 
     prompt: str = "instruction"
     query: str = "input"
@@ -40,20 +41,14 @@ class Mapping:
     system_tag: str = "system"
 
     @classmethod
-    def from_spec(cls, columns: Any = None, tags: Any = None) -> Mapping:
-        """From the spec's ColumnMapping/TagMapping (pydantic models) or plain dicts (snake or camel case)."""
-        values: dict[str, Any] = {}
-        for part in (columns, tags):
-            if part is None:
-                continue
-            items = part.model_dump() if hasattr(part, "model_dump") else dict(part)
-            for key, value in items.items():
-                name = _snake(key)
-                if value is not None:
-                    if name not in cls.__dataclass_fields__:
-                        raise ValueError(f"unknown column/tag mapping key '{key}'")
-                    values[name] = value
-        return cls(**values)
+    def from_spec(cls, columns: ColumnMapping | None = None, tags: TagMapping | None = None) -> Mapping:
+        names = {
+            key: value
+            for part in (columns, tags)
+            if part is not None
+            for key, value in part.model_dump(exclude_none=True).items()
+        }
+        return cls(**names)
 
     def messages_key(self, fmt: str) -> str:
         return self.messages or ("conversations" if fmt == "sharegpt" else "messages")
@@ -73,10 +68,6 @@ class Mapping:
             self.user_tag or "user",
             self.assistant_tag or "assistant",
         )
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
 
 
 @dataclass(frozen=True)
@@ -114,17 +105,10 @@ def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Ma
     if fmt == "alpaca":
         return fmt, mapping, f"alpaca ({mapping.prompt}/{mapping.query}/{mapping.response})"
     assert key is not None
+    resolved = replace(mapping, messages=key)
     if style == "from/value":
-        resolved = _with(mapping, messages=key)
         return "sharegpt", resolved, f"sharegpt (key '{key}', turns with from/value)"
-    resolved = _with(mapping, messages=key)
     return "openai", resolved, f"openai (key '{key}', turns with role/content)"
-
-
-def _with(mapping: Mapping, **changes: Any) -> Mapping:
-    from dataclasses import replace
-
-    return replace(mapping, **changes)
 
 
 def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None, str | None] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kubetune import storage as st
+from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
@@ -504,8 +505,8 @@ def check_file(
     template: ChatTemplate,
     *,
     format: str = "auto",
-    columns: Any = None,
-    tags: Any = None,
+    columns: ColumnMapping | None = None,
+    tags: TagMapping | None = None,
     cutoff_len: int = 2048,
     train_on: str = "assistant",
     storage: st.StorageOptions | None = None,

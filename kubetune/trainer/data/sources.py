@@ -224,7 +224,3 @@ def hub_rows(source: str, split: str, limit: int | None) -> Iterator[Row]:
         if limit is not None and n > limit:
             return
         yield Row(f"hub:{source}", n, dict(row))
-
-
-def hub_fingerprint(source: str) -> str:
-    return f"hub:{source}"

@@ -65,11 +65,15 @@ def test_sharegpt_with_llamafactory_tags_and_messages_column() -> None:
     assert roles(to_conversation(row, "sharegpt", mapping)) == [("user", "Hi"), ("assistant", "Hello")]
 
 
-def test_mapping_accepts_camel_case_dicts_from_the_cli() -> None:
-    mapping = Mapping.from_spec({"messages": "msgs"}, {"roleTag": "r", "assistant_tag": "bot"})
+def test_mapping_accepts_camel_case_flags_from_the_cli() -> None:
+    from kubetune.cli.data import _mapping
+
+    columns = _mapping(["messages=msgs"], ColumnMapping, "column")
+    tags = _mapping(["roleTag=r", "assistant_tag=bot"], TagMapping, "tag")
+    mapping = Mapping.from_spec(columns, tags)
     assert (mapping.messages, mapping.role_tag, mapping.assistant_tag) == ("msgs", "r", "bot")
-    with pytest.raises(ValueError, match="unknown"):
-        Mapping.from_spec({"prompts": "x"}, None)
+    with pytest.raises(ValueError, match="unknown key prompts"):
+        _mapping(["prompts=x"], ColumnMapping, "column")
 
 
 def test_openai_messages_with_tool_and_content_parts() -> None:
