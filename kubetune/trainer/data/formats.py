@@ -20,6 +20,44 @@ class RowError(ValueError):
     """One row is invalid; str() is the reason."""
 
 
+def loads(text: str) -> Any:
+    """json.loads, refusing what it would let through: a key twice in one object (the last would win
+    without a word) and nesting deeper than Python's recursion limit (a RecursionError traceback).
+
+    Both raise RowError; malformed JSON raises json.JSONDecodeError as usual.
+    """
+    return loads_at(text, 0, whole=True)[0]
+
+
+def loads_at(text: str, pos: int, *, whole: bool = False) -> tuple[Any, int]:
+    """`loads` of the JSON value starting at `pos` (the whole text if `whole`), and where it ends."""
+    try:
+        if whole:
+            return _DECODER.decode(text), len(text)
+        value, end = _DECODER.raw_decode(text, pos)
+        return value, end
+    except RecursionError:
+        raise too_deep() from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RowError(f"key '{key}' appears twice in one JSON object")
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def too_deep() -> RowError:
+    return RowError("nested too deeply to read (JSON nesting deeper than Python's recursion limit)")
+
+
 @dataclass(frozen=True)
 class Mapping:
     """The names of the spec's `columns` and `tags` (api ColumnMapping/TagMapping), LLaMA-Factory's default
@@ -139,14 +177,13 @@ def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
     """The canonical conversation of one row, or RowError saying what is wrong with it."""
     if not isinstance(row, dict):
         raise RowError(f"expected an object with named fields, got {type(row).__name__}")
-    if fmt == "alpaca":
-        conv = _alpaca(row, mapping)
-    elif fmt == "sharegpt":
-        conv = _sharegpt(row, mapping)
-    elif fmt == "openai":
-        conv = _openai(row, mapping)
-    else:
+    convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai}.get(fmt)
+    if convert is None:
         raise ValueError(f"unknown format {fmt}")
+    try:
+        conv = convert(row, mapping)
+    except RecursionError:  # a value nested almost as deep as the JSON reader allows
+        raise too_deep() from None
     check_order(conv.messages)
     return conv
 
@@ -176,8 +213,8 @@ def _maybe_json_list(value: Any) -> Any:
     """CSV and some parquet exports store lists as JSON text."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
-        except ValueError:
+            return loads(value)
+        except json.JSONDecodeError:
             return value
     return value
 
@@ -188,8 +225,8 @@ def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
         return None
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
-        except ValueError as exc:
+            parsed = loads(value)
+        except json.JSONDecodeError as exc:
             raise RowError(f"field '{mapping.tools}' is not valid JSON: {exc}") from None
     else:
         parsed = value

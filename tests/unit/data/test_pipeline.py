@@ -320,3 +320,24 @@ def test_the_data_check_command_reads_a_prefix_of_mixed_formats(
     out = capsys.readouterr().out
     assert "rows read 4, invalid 0" in out
     assert f"{tmp_path}/mixed/b.json: sharegpt" in out
+
+
+def test_a_deep_or_duplicate_key_row_is_an_invalid_row_honouring_invalid_rows(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_jsonl(
+        "hostile.jsonl",
+        [
+            ALPACA[0],
+            '{"instruction": ' + deep + ', "output": "x"}',
+            '{"instruction": "q", "output": "a", "output": "b"}',
+        ],
+    )
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "cache")
+    assert f"{path} row 2: nested too deeply" in str(err.value)
+    assert f"{path} row 3: key 'output' appears twice in one JSON object" in str(err.value)
+    spec = make_spec([{"source": str(path)}], data={"invalidRows": "skip"})
+    prepared = prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+    assert len(prepared.train) == 1 and prepared.report.invalid == 2
