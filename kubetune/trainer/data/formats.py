@@ -173,10 +173,28 @@ def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None,
 # --------------------------------------------------------------------------------------------
 
 
+def not_sft(row: dict[str, Any]) -> str | None:
+    """What the row is, if it is one of LLaMA-Factory's dataset kinds other than text SFT (else None)."""
+    kind = None
+    if "chosen" in row and "rejected" in row:
+        kind = "preference data ('chosen' and 'rejected' columns, LLaMA-Factory's ranking: true) for DPO/ORPO"
+    elif "kto_tag" in row or isinstance(row.get("label"), bool):
+        key = "kto_tag" if "kto_tag" in row else "label"
+        kind = f"KTO data (a true/false '{key}' column marking each answer desirable or not)"
+    else:
+        media = [key for key in ("images", "videos", "audios") if row.get(key)]
+        if media:
+            kind = f"multimodal data ({' and '.join(repr(m) for m in media)} with the turns)"
+    return f"this looks like {kind}; kubetune trains text SFT only for now" if kind else None
+
+
 def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
     """The canonical conversation of one row, or RowError saying what is wrong with it."""
     if not isinstance(row, dict):
         raise RowError(f"expected an object with named fields, got {type(row).__name__}")
+    other_kind = not_sft(row)
+    if other_kind:
+        raise RowError(other_kind)
     convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai}.get(fmt)
     if convert is None:
         raise ValueError(f"unknown format {fmt}")

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
-from kubetune.trainer.data.formats import Conversation, Mapping, RowError, detect_format, to_conversation
+from kubetune.trainer.data.formats import (
+    Conversation,
+    Mapping,
+    RowError,
+    detect_format,
+    not_sft,
+    to_conversation,
+)
 from kubetune.trainer.data.report import MAX_LISTED, DataReport, DatasetReport, RowProblem
 from kubetune.trainer.data.sources import (
     Row,
@@ -157,10 +165,13 @@ def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -
     Detection is per file because one prefix may hold files of different layouts (an alpaca file beside
     a sharegpt one); the format found for each file is recorded in the report and logged.
     """
+    sample = list(itertools.islice((r.value for r in rows if isinstance(r.value, dict)), _DETECT_ROWS))
+    kinds = Counter(kind for kind in map(not_sft, sample) if kind)
+    if kinds and kinds.most_common(1)[0][1] * 2 > len(sample):  # one message for the file, not one per row
+        raise DataValidationError(f"{file}: {kinds.most_common(1)[0][0]}")
     if src.format != "auto":
         dsr.add_detected(file, src.format, src.format)
         return src.format, src.mapping
-    sample = list(itertools.islice((r.value for r in rows if isinstance(r.value, dict)), _DETECT_ROWS))
     if not sample:  # no row of the file is an object: each is reported as invalid, whatever the format
         return "alpaca", src.mapping
     try:

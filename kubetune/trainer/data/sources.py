@@ -65,10 +65,12 @@ def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[st
         raise SourceError(str(exc)) from None
     files = [f for f in found if _is_data_file(f)]
     if not files:
+        expected = f"expected {', '.join(DATA_SUFFIXES)}"
         if found:
-            raise SourceError(
-                f"no data files under {source} ({len(found)} other files); expected {', '.join(DATA_SUFFIXES)}"
-            )
+            raise SourceError(f"no data files under {source} ({len(found)} other files); {expected}")
+        # S3 has no empty directories: a prefix named with its trailing slash is taken as meant to be one.
+        if source.endswith("/") or (not storage.is_remote(source) and storage.exists(source, opts)):
+            raise SourceError(f"no data files under {source} (it is empty); {expected}")
         raise SourceError(f"dataset source {source} not found (no such file or prefix)")
     skipped = len(found) - len(files)
     if skipped:

@@ -341,3 +341,47 @@ def test_a_deep_or_duplicate_key_row_is_an_invalid_row_honouring_invalid_rows(
     spec = make_spec([{"source": str(path)}], data={"invalidRows": "skip"})
     prepared = prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
     assert len(prepared.train) == 1 and prepared.report.invalid == 2
+
+
+LLAMAFACTORY = Path(__file__).parent / "llamafactory"
+# LLaMA-Factory's own dataset_info.json entries for its demo files (format and mappings as a user would copy them).
+LF_SHAREGPT_ROLES = {
+    "format": "sharegpt",
+    "tags": {"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "kind"),
+    [
+        ("kto_en_demo.json", LF_SHAREGPT_ROLES, "KTO data (a true/false 'label' column"),
+        ("dpo_en_demo.json", {"format": "sharegpt"}, "preference data ('chosen' and 'rejected' columns"),
+        ("mllm_demo.json", LF_SHAREGPT_ROLES, "multimodal data ('images' with the turns)"),
+        ("mllm_video_demo.json", {}, "multimodal data ('videos' with the turns)"),
+        ("mllm_audio_demo.json", {}, "multimodal data ('audios' with the turns)"),
+    ],
+)
+@pytest.mark.parametrize("as_configured", [True, False], ids=["llamafactory-mapping", "auto"])
+def test_llamafactory_kto_preference_and_multimodal_data_are_refused_as_what_they_are(
+    tokenizer: Any, tmp_path: Path, name: str, options: dict[str, Any], kind: str, as_configured: bool
+) -> None:
+    path = LLAMAFACTORY / name
+    dataset = {"source": str(path), **(options if as_configured else {})}
+    expected = f"{path}: this looks like {kind}"
+    for policy in ("fail", "skip"):
+        spec = make_spec([dataset], data={"invalidRows": policy})
+        with pytest.raises(DataValidationError) as err:
+            prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+        assert expected in str(err.value) and "kubetune trains text SFT only for now" in str(err.value)
+    with pytest.raises(DataValidationError, match="trains text SFT only"):
+        check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
+
+
+def test_a_stray_multimodal_row_in_text_data_is_an_invalid_row(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_jsonl("mostly_text.jsonl", [*ALPACA, {**ALPACA[0], "images": ["cat.png"]}])
+    report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
+    assert [(r.row, r.reason) for r in report.invalid_rows] == [
+        (4, "this looks like multimodal data ('images' with the turns); kubetune trains text SFT only for now")
+    ]

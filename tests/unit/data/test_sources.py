@@ -65,6 +65,15 @@ def test_prefix_listing_skips_non_data_files_and_says_when_nothing_is_there(tmp_
         list_data_files(str(tmp_path / "missing.jsonl"), None)
 
 
+def test_an_empty_directory_has_no_data_files_rather_than_not_being_found(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for source in (str(tmp_path / "empty"), f"file://{tmp_path}/empty/"):
+        with pytest.raises(SourceError, match=r"no data files under .*empty/? \(it is empty\)"):
+            list_data_files(source, None)
+    with pytest.raises(SourceError, match="not found"):
+        list_data_files(str(tmp_path / "missing"), None)
+
+
 def test_hub_ids_are_told_apart_from_paths() -> None:
     assert is_hub_id("tatsu-lab/alpaca")
     assert not is_hub_id("s3://b/k") and not is_hub_id("./d.jsonl") and not is_hub_id("data.jsonl")
