@@ -33,6 +33,13 @@ def register(subparsers: Any) -> None:
     check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
     check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
     check.add_argument(
+        "--max-row-characters",
+        type=int,
+        metavar="N",
+        help="longer rows are invalid, refused before tokenizing, as data.maxRowCharacters "
+        "(default 64 per token of --cutoff-len, at least 262144)",
+    )
+    check.add_argument(
         "--column",
         action="append",
         default=[],
@@ -111,6 +118,7 @@ def run_check(args: argparse.Namespace) -> int:
             tags=tags,
             cutoff_len=args.cutoff_len,
             train_on=args.train_on,
+            max_row_chars=args.max_row_characters,
             storage=opts,
         )
     except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:

@@ -27,7 +27,7 @@ log = logging.getLogger("kubetune.data")
 COMPLETE = "_COMPLETE"
 FAILED = "_FAILED"
 # Bump when the cached layout or the tokenization rules change, so old entries are not reused.
-FORMAT_VERSION = "kubetune-data-4"
+FORMAT_VERSION = "kubetune-data-5"
 DEFAULT_WAIT_SECONDS = 4 * 3600
 
 

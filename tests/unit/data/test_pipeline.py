@@ -385,3 +385,25 @@ def test_a_stray_multimodal_row_in_text_data_is_an_invalid_row(
     assert [(r.row, r.reason) for r in report.invalid_rows] == [
         (4, "this looks like multimodal data ('images' with the turns); kubetune trains text SFT only for now")
     ]
+
+
+def test_a_row_over_max_row_characters_is_refused_before_tokenizing_honouring_invalid_rows(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    from kubetune.trainer.data.pipeline import max_row_characters
+
+    assert max_row_characters(None, 2048) == 262_144 and max_row_characters(None, 8192) == 524_288
+    assert max_row_characters(1000, 8192) == 1000
+    path = write_jsonl("long.jsonl", [ALPACA[0], {"instruction": "x" * 990, "output": "long", "system": "s" * 10}])
+    spec = make_spec([{"source": str(path)}], data={"maxRowCharacters": 1000})
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+    assert f"{path} row 2: 1,004 characters of turns and tools, more than data.maxRowCharacters (1,000" in str(
+        err.value
+    )
+    spec = make_spec([{"source": str(path)}], data={"maxRowCharacters": 1000, "invalidRows": "skip"})
+    report = prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache").report
+    assert (report.invalid, report.train_examples, report.truncated, report.dropped_too_long) == (1, 1, 0, 0)
+    assert report.options["maxRowCharacters"] == 1000
+    report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer), max_row_chars=1004)
+    assert report.invalid == 0 and report.train_examples == 2
