@@ -43,7 +43,7 @@ from kubetune.trainer.data.sources import (
     is_hub_id,
     read_rows,
 )
-from kubetune.trainer.data.tokenize import DROPPED, FAILED, IGNORE, TRUNCATED, assistant_spans, encode_batch
+from kubetune.trainer.data.tokenize import DROPPED, FAILED, TRUNCATED, assistant_spans, encode_batch, render_preview
 from kubetune.trainer.templates import ChatTemplate, resolve_template
 
 log = logging.getLogger("kubetune.data")
@@ -590,38 +590,3 @@ def _quiet_progress() -> Iterator[None]:
     finally:
         if was:
             datasets.enable_progress_bars()
-
-
-def render_preview(
-    tokenizer: Any,
-    template: ChatTemplate,
-    conv: Conversation,
-    labels: list[int],
-    origin: tuple[str, int],
-    train_on: str,
-) -> str:
-    """The example as text with the trained parts in [[ ]], then token by token with its label."""
-    tools = json.loads(conv.tools) if conv.tools else None
-    text, _ = assistant_spans(template, conv.messages, tools, dict(tokenizer.special_tokens_map), train_on)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
-    trained = [lab != IGNORE for lab in labels]
-    pieces, inside = [], False
-    for (a, b), t in zip(offsets, trained, strict=True):
-        if t != inside:
-            pieces.append("[[" if t else "]]")
-            inside = t
-        pieces.append(text[a:b])
-    if inside:
-        pieces.append("]]")
-    n_trained = sum(trained)
-    lines = [
-        f"Preview: {origin[0]} row {origin[1]} (template {template.name}, {len(ids)} tokens, {n_trained} trained; "
-        "trained text is inside [[ ]])",
-        "".join(pieces),
-        "",
-        f"{'#':>5} {'id':>7} {'label':>7}  token",
-    ]
-    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
-        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
-    return "\n".join(lines)
