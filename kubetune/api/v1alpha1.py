@@ -295,6 +295,13 @@ class DataOptions(_Model):
         description="Which tokens carry loss: every assistant turn (assistant), every token (all), "
         "or only the last assistant turn (lastTurn).",
     )
+    max_row_characters: int | None = Field(
+        default=None,
+        ge=1,
+        description="A row whose turns and tools hold more characters is an invalid row, refused before "
+        "tokenizing (which takes memory in proportion to the row). Default: 64 per token of training.cutoffLen, "
+        "at least 262144.",
+    )
 
 
 class LoraSpec(_Model):

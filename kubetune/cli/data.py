@@ -35,6 +35,13 @@ def register(subparsers: Any) -> None:
     check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
     check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
     check.add_argument(
+        "--max-row-characters",
+        type=int,
+        metavar="N",
+        help="longer rows are invalid, refused before tokenizing, as data.maxRowCharacters "
+        "(default 64 per token of --cutoff-len, at least 262144)",
+    )
+    check.add_argument(
         "--column",
         action="append",
         default=[],
@@ -56,14 +63,24 @@ def register(subparsers: Any) -> None:
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
 
-def _pairs(items: list[str], what: str) -> dict[str, str]:
-    out = {}
+def _mapping(items: list[str], model: type[Any], what: str) -> Any:
+    """The API's ColumnMapping/TagMapping from KEY=VALUE flags (keys in snake or camel case), None if none."""
+    from pydantic import ValidationError
+
+    pairs = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"--{what} takes KEY=VALUE, got '{item}'")
-        out[key] = value
-    return out
+        pairs[key] = value
+    if not pairs:
+        return None
+    try:
+        return model.model_validate(pairs)
+    except ValidationError as exc:
+        unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        known = ", ".join(model.model_fields)
+        raise ValueError(f"--{what}: unknown key {', '.join(unknown) or exc}; known keys: {known}") from None
 
 
 def _argument_location(value: str) -> str:
@@ -89,12 +106,13 @@ def _load_tokenizer(model: str, opts: Any) -> Any:
 
 def run_check(args: argparse.Namespace) -> int:
     from kubetune import storage
+    from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
     from kubetune.trainer.data import DataValidationError, check_file
     from kubetune.trainer.templates import TemplateError, resolve_template
 
     opts = storage.StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
     try:
-        columns, tags = _pairs(args.column, "column"), _pairs(args.tag, "tag")
+        columns, tags = _mapping(args.column, ColumnMapping, "column"), _mapping(args.tag, TagMapping, "tag")
         tokenizer = _load_tokenizer(_argument_location(args.model), opts)
         template = resolve_template(args.template, tokenizer)
         report, preview = check_file(
@@ -102,10 +120,11 @@ def run_check(args: argparse.Namespace) -> int:
             tokenizer,
             template,
             format=args.format,
-            columns=columns or None,
-            tags=tags or None,
+            columns=columns,
+            tags=tags,
             cutoff_len=args.cutoff_len,
             train_on=args.train_on,
+            max_row_chars=args.max_row_characters,
             storage=opts,
         )
     except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:

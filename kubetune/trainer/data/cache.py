@@ -1,9 +1,9 @@
 """Tokenize once: a content-keyed cache that rank 0 writes and every other rank and restart loads.
 
-Layout of one entry, `data-<key>/`: `train/` and `eval/` (datasets `save_to_disk`), `report.json`,
-`template.json`, and `_COMPLETE`, written last. Locally the entry is built under a temporary name
-and renamed into place, so a reader never sees half of it; remotely `_COMPLETE` is uploaded after
-everything else. Waiting ranks poll for `_COMPLETE` with plain file/S3 checks, not a torch
+Layout of one entry, `data-<key>/`: `train/` and `eval/` (datasets `save_to_disk`), `report.json`
+(which also names the chat template used), and `_COMPLETE`, written last. Locally the entry is built
+under a temporary name and renamed into place, so a reader never sees half of it; remotely
+`_COMPLETE` is uploaded after everything else. Waiting ranks poll for `_COMPLETE` with plain file/S3 checks, not a torch
 collective, so a long tokenization never hits an NCCL timeout. If rank 0 finds the data invalid it
 writes `_FAILED` with the message, and the waiting ranks fail with the same message at once.
 """
@@ -27,7 +27,7 @@ log = logging.getLogger("kubetune.data")
 COMPLETE = "_COMPLETE"
 FAILED = "_FAILED"
 # Bump when the cached layout or the tokenization rules change, so old entries are not reused.
-FORMAT_VERSION = "kubetune-data-4"
+FORMAT_VERSION = "kubetune-data-5"
 DEFAULT_WAIT_SECONDS = 4 * 3600
 
 

@@ -10,19 +10,58 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-FORMATS = ("alpaca", "sharegpt", "openai")
+from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 
 
 class RowError(ValueError):
     """One row is invalid; str() is the reason."""
 
 
+def loads(text: str) -> Any:
+    """json.loads, refusing what it would let through: a key twice in one object (the last would win
+    without a word) and nesting deeper than Python's recursion limit (a RecursionError traceback).
+
+    Both raise RowError; malformed JSON raises json.JSONDecodeError as usual.
+    """
+    return loads_at(text, 0, whole=True)[0]
+
+
+def loads_at(text: str, pos: int, *, whole: bool = False) -> tuple[Any, int]:
+    """`loads` of the JSON value starting at `pos` (the whole text if `whole`), and where it ends."""
+    try:
+        if whole:
+            return _DECODER.decode(text), len(text)
+        value, end = _DECODER.raw_decode(text, pos)
+        return value, end
+    except RecursionError:
+        raise too_deep() from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise RowError(f"key '{key}' appears twice in one JSON object")
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def too_deep() -> RowError:
+    return RowError("nested too deeply to read (JSON nesting deeper than Python's recursion limit)")
+
+
 @dataclass(frozen=True)
 class Mapping:
-    """Resolved LLaMA-Factory columns + tags for one dataset (unset keys take the format's defaults)."""
+    """The names of the spec's `columns` and `tags` (api ColumnMapping/TagMapping), LLaMA-Factory's default
+    where unset; the turn keys and role values of sharegpt/openai default per format (see the *_tags methods)."""
 
     prompt: str = "instruction"
     query: str = "input"
@@ -40,20 +79,14 @@ class Mapping:
     system_tag: str = "system"
 
     @classmethod
-    def from_spec(cls, columns: Any = None, tags: Any = None) -> Mapping:
-        """From the spec's ColumnMapping/TagMapping (pydantic models) or plain dicts (snake or camel case)."""
-        values: dict[str, Any] = {}
-        for part in (columns, tags):
-            if part is None:
-                continue
-            items = part.model_dump() if hasattr(part, "model_dump") else dict(part)
-            for key, value in items.items():
-                name = _snake(key)
-                if value is not None:
-                    if name not in cls.__dataclass_fields__:
-                        raise ValueError(f"unknown column/tag mapping key '{key}'")
-                    values[name] = value
-        return cls(**values)
+    def from_spec(cls, columns: ColumnMapping | None = None, tags: TagMapping | None = None) -> Mapping:
+        names = {
+            key: value
+            for part in (columns, tags)
+            if part is not None
+            for key, value in part.model_dump(exclude_none=True).items()
+        }
+        return cls(**names)
 
     def messages_key(self, fmt: str) -> str:
         return self.messages or ("conversations" if fmt == "sharegpt" else "messages")
@@ -73,10 +106,6 @@ class Mapping:
             self.user_tag or "user",
             self.assistant_tag or "assistant",
         )
-
-
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() else c for c in name)
 
 
 @dataclass(frozen=True)
@@ -114,17 +143,10 @@ def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Ma
     if fmt == "alpaca":
         return fmt, mapping, f"alpaca ({mapping.prompt}/{mapping.query}/{mapping.response})"
     assert key is not None
+    resolved = replace(mapping, messages=key)
     if style == "from/value":
-        resolved = _with(mapping, messages=key)
         return "sharegpt", resolved, f"sharegpt (key '{key}', turns with from/value)"
-    resolved = _with(mapping, messages=key)
     return "openai", resolved, f"openai (key '{key}', turns with role/content)"
-
-
-def _with(mapping: Mapping, **changes: Any) -> Mapping:
-    from dataclasses import replace
-
-    return replace(mapping, **changes)
 
 
 def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None, str | None] | None:
@@ -151,18 +173,35 @@ def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None,
 # --------------------------------------------------------------------------------------------
 
 
+def not_sft(row: dict[str, Any]) -> str | None:
+    """What the row is, if it is one of LLaMA-Factory's dataset kinds other than text SFT (else None)."""
+    kind = None
+    if "chosen" in row and "rejected" in row:
+        kind = "preference data ('chosen' and 'rejected' columns, LLaMA-Factory's ranking: true) for DPO/ORPO"
+    elif "kto_tag" in row or isinstance(row.get("label"), bool):
+        key = "kto_tag" if "kto_tag" in row else "label"
+        kind = f"KTO data (a true/false '{key}' column marking each answer desirable or not)"
+    else:
+        media = [key for key in ("images", "videos", "audios") if row.get(key)]
+        if media:
+            kind = f"multimodal data ({' and '.join(repr(m) for m in media)} with the turns)"
+    return f"this looks like {kind}; kubetune trains text SFT only for now" if kind else None
+
+
 def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
     """The canonical conversation of one row, or RowError saying what is wrong with it."""
     if not isinstance(row, dict):
         raise RowError(f"expected an object with named fields, got {type(row).__name__}")
-    if fmt == "alpaca":
-        conv = _alpaca(row, mapping)
-    elif fmt == "sharegpt":
-        conv = _sharegpt(row, mapping)
-    elif fmt == "openai":
-        conv = _openai(row, mapping)
-    else:
+    other_kind = not_sft(row)
+    if other_kind:
+        raise RowError(other_kind)
+    convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai}.get(fmt)
+    if convert is None:
         raise ValueError(f"unknown format {fmt}")
+    try:
+        conv = convert(row, mapping)
+    except RecursionError:  # a value nested almost as deep as the JSON reader allows
+        raise too_deep() from None
     check_order(conv.messages)
     return conv
 
@@ -192,8 +231,8 @@ def _maybe_json_list(value: Any) -> Any:
     """CSV and some parquet exports store lists as JSON text."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
-        except ValueError:
+            return loads(value)
+        except json.JSONDecodeError:
             return value
     return value
 
@@ -204,8 +243,8 @@ def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
         return None
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
-        except ValueError as exc:
+            parsed = loads(value)
+        except json.JSONDecodeError as exc:
             raise RowError(f"field '{mapping.tools}' is not valid JSON: {exc}") from None
     else:
         parsed = value

@@ -3,6 +3,12 @@
 A packed row is several examples back to back; `position_ids` restart at 0 for each example, which
 is how transformers (sdpa/eager: a block-diagonal mask; flash-attention: varlen) keeps examples from
 attending to each other when no 2-D attention mask is passed.
+
+Why not TRL's `pack_dataset(strategy="bfd")` (TRL 1.16, measured on 3,000 random lengths, capacity
+256): it packs within each `datasets.map` batch (1,000 rows by default: 1,201 rows where ours makes
+1,198), and even with one batch for all rows it breaks ties differently, so the rows differ token for
+token from ours and from data cached before; it also stores `seq_lengths`, not position_ids, which
+only its padding-free collator reads (see collator.py for why that one is not ours either).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,18 @@ import numpy as np
 
 from kubetune import storage as st
 from kubetune.api.locations import location_kind
+from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
-from kubetune.trainer.data.formats import Conversation, Mapping, RowError, detect_format, to_conversation
+from kubetune.trainer.data.formats import (
+    Conversation,
+    Mapping,
+    RowError,
+    detect_format,
+    not_sft,
+    to_conversation,
+)
 from kubetune.trainer.data.report import MAX_LISTED, DataReport, DatasetReport, RowProblem
 from kubetune.trainer.data.sources import (
     Row,
@@ -34,7 +43,7 @@ from kubetune.trainer.data.sources import (
     hub_rows,
     read_rows,
 )
-from kubetune.trainer.data.tokenize import DROPPED, FAILED, IGNORE, TRUNCATED, assistant_spans, encode_batch
+from kubetune.trainer.data.tokenize import DROPPED, FAILED, TRUNCATED, assistant_spans, encode_batch, render_preview
 from kubetune.trainer.templates import ChatTemplate, resolve_template
 
 log = logging.getLogger("kubetune.data")
@@ -43,6 +52,16 @@ log = logging.getLogger("kubetune.data")
 _DETECT_ROWS = 200
 # Below this many rows, worker processes cost more than they save.
 _ROWS_PER_WORKER = 4000
+# Default data.maxRowCharacters: 64 per token of cutoffLen, and at least 256 Ki. A token rarely spans more
+# than a few characters, so a longer row would mostly be cut away, while tokenizing a row whole takes about
+# 200 bytes per character (an 8 MB row took 2.1 GB in `data check`; 256 Ki characters take about 50 MB).
+CHARS_PER_TOKEN_LIMIT = 64
+MIN_ROW_CHARACTERS = 256 * 1024
+
+
+def max_row_characters(limit: int | None, cutoff_len: int) -> int:
+    """The spec's data.maxRowCharacters, or its default for this cutoffLen."""
+    return limit or max(CHARS_PER_TOKEN_LIMIT * cutoff_len, MIN_ROW_CHARACTERS)
 
 
 @dataclass
@@ -117,7 +136,7 @@ class _Checked:
     origins: list[tuple[str, int]]
 
 
-def _check_source(src: _Source, report: DataReport) -> _Checked:
+def _check_source(src: _Source, report: DataReport, max_chars: int) -> _Checked:
     dsr = DatasetReport(source=src.source, split=src.split, format=src.format)
     dsr.files = [{"uri": f.uri, "sha256": f.sha256, "bytes": len(f.data)} for f in src.files]
     report.datasets.append(dsr)
@@ -133,6 +152,7 @@ def _check_source(src: _Source, report: DataReport) -> _Checked:
                 if isinstance(value, RowError):
                     raise value
                 conv = to_conversation(value, fmt, mapping)
+                _check_length(conv, max_chars)
             except RowError as exc:
                 dsr.invalid += 1
                 report.add_invalid(row.file, row.row, str(exc))
@@ -142,6 +162,16 @@ def _check_source(src: _Source, report: DataReport) -> _Checked:
     if not dsr.rows_read and src.format == "auto":
         raise DataValidationError(f"{src.source}: no rows to detect the format from (empty files?)")
     return out
+
+
+def _check_length(conv: Conversation, max_chars: int) -> None:
+    chars = sum(len(m["content"]) for m in conv.messages) + len(conv.tools or "")
+    if chars > max_chars:
+        raise RowError(
+            f"{chars:,} characters of turns and tools, more than data.maxRowCharacters ({max_chars:,}; by default "
+            f"{CHARS_PER_TOKEN_LIMIT} per token of cutoffLen, at least {MIN_ROW_CHARACTERS:,}): refused before "
+            "tokenizing, which takes memory in proportion to the row. Shorten or split it, or raise the limit."
+        )
 
 
 def _by_file(rows: Iterable[Row]) -> Iterator[tuple[str, list[Row]]]:
@@ -156,10 +186,13 @@ def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -
     Detection is per file because one prefix may hold files of different layouts (an alpaca file beside
     a sharegpt one); the format found for each file is recorded in the report and logged.
     """
+    sample = list(itertools.islice((r.value for r in rows if isinstance(r.value, dict)), _DETECT_ROWS))
+    kinds = Counter(kind for kind in map(not_sft, sample) if kind)
+    if kinds and kinds.most_common(1)[0][1] * 2 > len(sample):  # one message for the file, not one per row
+        raise DataValidationError(f"{file}: {kinds.most_common(1)[0][0]}")
     if src.format != "auto":
         dsr.add_detected(file, src.format, src.format)
         return src.format, src.mapping
-    sample = list(itertools.islice((r.value for r in rows if isinstance(r.value, dict)), _DETECT_ROWS))
     if not sample:  # no row of the file is an object: each is reported as invalid, whatever the format
         return "alpaca", src.mapping
     try:
@@ -345,6 +378,7 @@ def _options(spec: Any) -> dict[str, Any]:
         "mix": spec.data.mix,
         "validationSplit": spec.data.validation_split,
         "trainOn": spec.data.train_on,
+        "maxRowCharacters": max_row_characters(spec.data.max_row_characters, t.cutoff_len),
         "cutoffLen": t.cutoff_len,
         "packing": t.packing,
         "seed": t.seed,
@@ -358,7 +392,8 @@ def _build(
     data, training = spec.data, spec.training
     report = DataReport(invalid_policy=data.invalid_rows, options=_options(spec))
     report.template = _template_info(template, tokenizer, report)
-    checked = [_check_source(s, report) for s in sources]
+    max_chars = max_row_characters(data.max_row_characters, training.cutoff_len)
+    checked = [_check_source(s, report, max_chars) for s in sources]
     _fail_if_invalid(report, data.invalid_rows)
 
     train_convs, train_origins = _mix([c for c in checked if c.split == "train"], data.mix)
@@ -488,7 +523,8 @@ def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> l
         if d.split != "train":
             continue
         src = _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), _DETECT_ROWS, opts)
-        checked = _check_source(src, DataReport())
+        max_chars = max_row_characters(spec.data.max_row_characters, spec.training.cutoff_len)
+        checked = _check_source(src, DataReport(), max_chars)
         return checked.convs[0].messages if checked.convs else None
     return None
 
@@ -504,10 +540,11 @@ def check_file(
     template: ChatTemplate,
     *,
     format: str = "auto",
-    columns: Any = None,
-    tags: Any = None,
+    columns: ColumnMapping | None = None,
+    tags: TagMapping | None = None,
     cutoff_len: int = 2048,
     train_on: str = "assistant",
+    max_row_chars: int | None = None,
     storage: st.StorageOptions | None = None,
 ) -> tuple[DataReport, str]:
     """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
@@ -516,9 +553,11 @@ def check_file(
     """
     _require_fast(tokenizer)
     src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage)
-    report = DataReport(invalid_policy="check", options={"cutoffLen": cutoff_len, "trainOn": train_on})
+    max_chars = max_row_characters(max_row_chars, cutoff_len)
+    options = {"cutoffLen": cutoff_len, "trainOn": train_on, "maxRowCharacters": max_chars}
+    report = DataReport(invalid_policy="check", options=options)
     report.template = _template_info(template, tokenizer, report)
-    checked = _check_source(src, report)
+    checked = _check_source(src, report, max_chars)
     preview = "no valid row to preview"
     if checked.convs:
         with _quiet_progress():
@@ -551,38 +590,3 @@ def _quiet_progress() -> Iterator[None]:
     finally:
         if was:
             datasets.enable_progress_bars()
-
-
-def render_preview(
-    tokenizer: Any,
-    template: ChatTemplate,
-    conv: Conversation,
-    labels: list[int],
-    origin: tuple[str, int],
-    train_on: str,
-) -> str:
-    """The example as text with the trained parts in [[ ]], then token by token with its label."""
-    tools = json.loads(conv.tools) if conv.tools else None
-    text, _ = assistant_spans(template, conv.messages, tools, dict(tokenizer.special_tokens_map), train_on)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
-    trained = [lab != IGNORE for lab in labels]
-    pieces, inside = [], False
-    for (a, b), t in zip(offsets, trained, strict=True):
-        if t != inside:
-            pieces.append("[[" if t else "]]")
-            inside = t
-        pieces.append(text[a:b])
-    if inside:
-        pieces.append("]]")
-    n_trained = sum(trained)
-    lines = [
-        f"Preview: {origin[0]} row {origin[1]} (template {template.name}, {len(ids)} tokens, {n_trained} trained; "
-        "trained text is inside [[ ]])",
-        "".join(pieces),
-        "",
-        f"{'#':>5} {'id':>7} {'label':>7}  token",
-    ]
-    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
-        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
-    return "\n".join(lines)

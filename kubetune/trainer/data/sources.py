@@ -12,13 +12,14 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune import storage
 from kubetune.api.locations import DATA_SUFFIXES
-from kubetune.trainer.data.formats import RowError
+from kubetune.trainer.data.formats import RowError, loads, loads_at, too_deep
 
 log = logging.getLogger("kubetune.data")
 
@@ -57,10 +58,12 @@ def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[st
         raise SourceError(str(exc)) from None
     files = [f for f in found if _is_data_file(f)]
     if not files:
+        expected = f"expected {', '.join(DATA_SUFFIXES)}"
         if found:
-            raise SourceError(
-                f"no data files under {source} ({len(found)} other files); expected {', '.join(DATA_SUFFIXES)}"
-            )
+            raise SourceError(f"no data files under {source} ({len(found)} other files); {expected}")
+        # S3 has no empty directories: a prefix named with its trailing slash is taken as meant to be one.
+        if source.endswith("/") or (not storage.is_remote(source) and storage.exists(source, opts)):
+            raise SourceError(f"no data files under {source} (it is empty); {expected}")
         raise SourceError(f"dataset source {source} not found (no such file or prefix)")
     skipped = len(found) - len(files)
     if skipped:
@@ -120,7 +123,9 @@ def _decode_json_line(raw: bytes, *, first: bool) -> dict[str, Any] | RowError:
     except UnicodeDecodeError as exc:
         return _utf8_problem(exc)
     try:
-        value = json.loads(text)
+        value = loads(text)
+    except RowError as exc:
+        return exc
     except ValueError as exc:
         return RowError(f"not valid JSON: {exc}")
     if not isinstance(value, dict):
@@ -136,23 +141,74 @@ def _json(src: SourceFile) -> Iterator[Row]:
         text = src.data.decode(_ENCODING)
     except UnicodeDecodeError:
         text, strict = src.data.decode(_ENCODING, errors="surrogateescape"), False
+    items: Iterable[Any]
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+        items = loads(text)
+    except (RowError, json.JSONDecodeError) as exc:
+        if text.lstrip().startswith("{") and (isinstance(exc, RowError) or exc.msg == "Extra data"):
             log.warning("%s holds one JSON object per line; reading it as JSONL", src.uri)
             yield from _jsonl(src)
             return
-        raise SourceError(f"{src.uri} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(value, list):
-        raise SourceError(f"{src.uri}: a .json dataset must be an array of rows, got {type(value).__name__}")
-    for n, item in enumerate(value, start=1):
-        yield Row(src.uri, n, item if strict else _check_utf8(item))
+        if isinstance(exc, json.JSONDecodeError):
+            raise SourceError(
+                f"{src.uri} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
+        items = _array_items(src.uri, text)  # a row with a key twice or nested too deeply: find it, read the rest
+    if not isinstance(items, (list, Iterator)):
+        raise SourceError(f"{src.uri}: a .json dataset must be an array of rows, got {type(items).__name__}")
+    for n, item in enumerate(items, start=1):
+        yield Row(src.uri, n, item if strict or isinstance(item, RowError) else _check_utf8(item))
+
+
+# A JSON string, or one bracket: enough to find where a value ends without decoding it.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_BETWEEN_ITEMS = re.compile(r"\s*,?\s*")
+
+
+def _array_items(uri: str, text: str) -> Iterator[Any]:
+    """The items of a JSON array one by one, an item that `loads` refuses as a RowError in its place.
+
+    Only used when reading the whole array at once failed for such an item, so its cost (a decode
+    per item) is paid by broken files alone.
+    """
+    pos = len(text) - len(text.lstrip())
+    if not text.startswith("[", pos):
+        raise SourceError(f"{uri}: a .json dataset must be an array of rows")
+    pos += 1
+    while True:
+        pos = _BETWEEN_ITEMS.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= len(text) or text[pos] == "]":
+            return
+        item: Any
+        try:
+            item, pos = loads_at(text, pos)
+        except RowError as exc:
+            item, pos = exc, _value_end(uri, text, pos)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{uri} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        yield item
+
+
+def _value_end(uri: str, text: str, pos: int) -> int:
+    """Where the object or array starting at `pos` ends, by counting brackets outside strings."""
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text, pos):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+        elif token in "]}":
+            depth -= 1
+        if depth == 0:
+            return match.end()
+    raise SourceError(f"{uri} is not valid JSON: an array or object opened at offset {pos} is never closed")
 
 
 def _check_utf8(row: Any) -> Any:
     """The row itself, or RowError if any of its strings holds bytes that were not UTF-8."""
-    bad = _first_bad_string(row)
+    try:
+        bad = _first_bad_string(row)
+    except RecursionError:
+        return too_deep()
     if bad is not None:
         return RowError(f"not valid UTF-8 (in text starting {bad[:30]!r})")
     return row
@@ -217,7 +273,3 @@ def hub_rows(source: str, split: str, limit: int | None) -> Iterator[Row]:
         if limit is not None and n > limit:
             return
         yield Row(f"hub:{source}", n, dict(row))
-
-
-def hub_fingerprint(source: str) -> str:
-    return f"hub:{source}"

@@ -8,6 +8,8 @@ first character lies inside an assistant span.
 
 The first token of every example never carries loss: nothing precedes it, and in a packed row the
 model's shifted loss would otherwise predict it from the previous example's last token.
+
+`render_preview` shows one example so encoded, with its label mask, for `kubetune data check`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubetune.trainer.data.formats import Conversation
 from kubetune.trainer.templates import ChatTemplate, render
 
 IGNORE = -100
@@ -141,3 +144,38 @@ def _encode_one(
         _append(out, [], [], n_full, DROPPED, reason)
         return
     _append(out, ids, labels, n_full, status, "")
+
+
+def render_preview(
+    tokenizer: Any,
+    template: ChatTemplate,
+    conv: Conversation,
+    labels: list[int],
+    origin: tuple[str, int],
+    train_on: str,
+) -> str:
+    """The example as text with the trained parts in [[ ]], then token by token with its label."""
+    tools = json.loads(conv.tools) if conv.tools else None
+    text, _ = assistant_spans(template, conv.messages, tools, dict(tokenizer.special_tokens_map), train_on)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
+    trained = [lab != IGNORE for lab in labels]
+    pieces, inside = [], False
+    for (a, b), t in zip(offsets, trained, strict=True):
+        if t != inside:
+            pieces.append("[[" if t else "]]")
+            inside = t
+        pieces.append(text[a:b])
+    if inside:
+        pieces.append("]]")
+    n_trained = sum(trained)
+    lines = [
+        f"Preview: {origin[0]} row {origin[1]} (template {template.name}, {len(ids)} tokens, {n_trained} trained; "
+        "trained text is inside [[ ]])",
+        "".join(pieces),
+        "",
+        f"{'#':>5} {'id':>7} {'label':>7}  token",
+    ]
+    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
+        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
+    return "\n".join(lines)

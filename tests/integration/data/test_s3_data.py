@@ -196,3 +196,14 @@ def test_two_local_nodes_sharing_one_cache_dir_publish_one_entry(
     assert results[0] == results[1] == results[2] and results[0]["rows"] == 40
     assert [p.name for p in shared.iterdir()] == [f"data-{results[0]['key']}"]  # no staging left behind
     assert (shared / f"data-{results[0]['key']}" / "_COMPLETE").is_file()
+
+
+def test_an_s3_prefix_with_no_data_files_is_named_as_such(s3_env: Any) -> None:
+    from kubetune.trainer.data.sources import SourceError, list_data_files
+
+    bucket = s3_env.make_bucket("empty-prefix")
+    opts = storage.StorageOptions(endpoint_url=s3_env.endpoint_url)
+    with pytest.raises(SourceError, match=rf"no data files under {bucket}/nothing/ \(it is empty\)"):
+        list_data_files(f"{bucket}/nothing/", opts)
+    with pytest.raises(SourceError, match=rf"dataset source {bucket}/missing.jsonl not found"):
+        list_data_files(f"{bucket}/missing.jsonl", opts)

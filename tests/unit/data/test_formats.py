@@ -10,6 +10,14 @@ from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 from kubetune.trainer.data.formats import Mapping, RowError, detect_format, to_conversation
 
 
+def _nested(depth: int) -> Any:
+    """A list `depth` deep, as a parquet reader or a JSON row just under json's own limit may yield."""
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def roles(conv: Any) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in conv.messages]
 
@@ -65,11 +73,15 @@ def test_sharegpt_with_llamafactory_tags_and_messages_column() -> None:
     assert roles(to_conversation(row, "sharegpt", mapping)) == [("user", "Hi"), ("assistant", "Hello")]
 
 
-def test_mapping_accepts_camel_case_dicts_from_the_cli() -> None:
-    mapping = Mapping.from_spec({"messages": "msgs"}, {"roleTag": "r", "assistant_tag": "bot"})
+def test_mapping_accepts_camel_case_flags_from_the_cli() -> None:
+    from kubetune.cli.data import _mapping
+
+    columns = _mapping(["messages=msgs"], ColumnMapping, "column")
+    tags = _mapping(["roleTag=r", "assistant_tag=bot"], TagMapping, "tag")
+    mapping = Mapping.from_spec(columns, tags)
     assert (mapping.messages, mapping.role_tag, mapping.assistant_tag) == ("msgs", "r", "bot")
-    with pytest.raises(ValueError, match="unknown"):
-        Mapping.from_spec({"prompts": "x"}, None)
+    with pytest.raises(ValueError, match="unknown key prompts"):
+        _mapping(["prompts=x"], ColumnMapping, "column")
 
 
 def test_openai_messages_with_tool_and_content_parts() -> None:
@@ -159,6 +171,10 @@ def test_detection_is_a_majority_vote_and_says_what_it_found_when_it_fails() -> 
         ({"messages": [{"role": "user", "text": "a"}]}, "openai", "turn 1 has no 'content' key"),
         (["not", "an", "object"], "openai", "expected an object"),
         ({"instruction": "Q", "output": "A", "tools": "{not json"}, "alpaca", "'tools' is not valid JSON"),
+        # JSON held as text (CSV cells, some parquet exports) is read with the same rules as a JSON row
+        ({"messages": "[" * 100_000 + "]" * 100_000}, "openai", "nested too deeply"),
+        ({"instruction": "Q", "output": "A", "tools": '[{"name": "a", "name": "b"}]'}, "alpaca", "key 'name' appears"),
+        ({"instruction": "Q", "output": "A", "tools": _nested(5000)}, "alpaca", "nested too deeply"),
     ],
 )
 def test_invalid_rows_say_why(row: Any, fmt: str, reason: str) -> None:

@@ -320,3 +320,90 @@ def test_the_data_check_command_reads_a_prefix_of_mixed_formats(
     out = capsys.readouterr().out
     assert "rows read 4, invalid 0" in out
     assert f"{tmp_path}/mixed/b.json: sharegpt" in out
+
+
+def test_a_deep_or_duplicate_key_row_is_an_invalid_row_honouring_invalid_rows(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_jsonl(
+        "hostile.jsonl",
+        [
+            ALPACA[0],
+            '{"instruction": ' + deep + ', "output": "x"}',
+            '{"instruction": "q", "output": "a", "output": "b"}',
+        ],
+    )
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "cache")
+    assert f"{path} row 2: nested too deeply" in str(err.value)
+    assert f"{path} row 3: key 'output' appears twice in one JSON object" in str(err.value)
+    spec = make_spec([{"source": str(path)}], data={"invalidRows": "skip"})
+    prepared = prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+    assert len(prepared.train) == 1 and prepared.report.invalid == 2
+
+
+LLAMAFACTORY = Path(__file__).parent / "llamafactory"
+# LLaMA-Factory's own dataset_info.json entries for its demo files (format and mappings as a user would copy them).
+LF_SHAREGPT_ROLES = {
+    "format": "sharegpt",
+    "tags": {"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "kind"),
+    [
+        ("kto_en_demo.json", LF_SHAREGPT_ROLES, "KTO data (a true/false 'label' column"),
+        ("dpo_en_demo.json", {"format": "sharegpt"}, "preference data ('chosen' and 'rejected' columns"),
+        ("mllm_demo.json", LF_SHAREGPT_ROLES, "multimodal data ('images' with the turns)"),
+        ("mllm_video_demo.json", {}, "multimodal data ('videos' with the turns)"),
+        ("mllm_audio_demo.json", {}, "multimodal data ('audios' with the turns)"),
+    ],
+)
+@pytest.mark.parametrize("as_configured", [True, False], ids=["llamafactory-mapping", "auto"])
+def test_llamafactory_kto_preference_and_multimodal_data_are_refused_as_what_they_are(
+    tokenizer: Any, tmp_path: Path, name: str, options: dict[str, Any], kind: str, as_configured: bool
+) -> None:
+    path = LLAMAFACTORY / name
+    dataset = {"source": str(path), **(options if as_configured else {})}
+    expected = f"{path}: this looks like {kind}"
+    for policy in ("fail", "skip"):
+        spec = make_spec([dataset], data={"invalidRows": policy})
+        with pytest.raises(DataValidationError) as err:
+            prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+        assert expected in str(err.value) and "kubetune trains text SFT only for now" in str(err.value)
+    with pytest.raises(DataValidationError, match="trains text SFT only"):
+        check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
+
+
+def test_a_stray_multimodal_row_in_text_data_is_an_invalid_row(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_jsonl("mostly_text.jsonl", [*ALPACA, {**ALPACA[0], "images": ["cat.png"]}])
+    report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
+    assert [(r.row, r.reason) for r in report.invalid_rows] == [
+        (4, "this looks like multimodal data ('images' with the turns); kubetune trains text SFT only for now")
+    ]
+
+
+def test_a_row_over_max_row_characters_is_refused_before_tokenizing_honouring_invalid_rows(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    from kubetune.trainer.data.pipeline import max_row_characters
+
+    assert max_row_characters(None, 2048) == 262_144 and max_row_characters(None, 8192) == 524_288
+    assert max_row_characters(1000, 8192) == 1000
+    path = write_jsonl("long.jsonl", [ALPACA[0], {"instruction": "x" * 990, "output": "long", "system": "s" * 10}])
+    spec = make_spec([{"source": str(path)}], data={"maxRowCharacters": 1000})
+    with pytest.raises(DataValidationError) as err:
+        prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
+    assert f"{path} row 2: 1,004 characters of turns and tools, more than data.maxRowCharacters (1,000" in str(
+        err.value
+    )
+    spec = make_spec([{"source": str(path)}], data={"maxRowCharacters": 1000, "invalidRows": "skip"})
+    report = prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache").report
+    assert (report.invalid, report.train_examples, report.truncated, report.dropped_too_long) == (1, 1, 0, 0)
+    assert report.options["maxRowCharacters"] == 1000
+    report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer), max_row_chars=1004)
+    assert report.invalid == 0 and report.train_examples == 2

@@ -65,6 +65,15 @@ def test_prefix_listing_skips_non_data_files_and_says_when_nothing_is_there(tmp_
         list_data_files(str(tmp_path / "missing.jsonl"), None)
 
 
+def test_an_empty_directory_has_no_data_files_rather_than_not_being_found(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for source in (str(tmp_path / "empty"), f"file://{tmp_path}/empty/"):
+        with pytest.raises(SourceError, match=r"no data files under .*empty/? \(it is empty\)"):
+            list_data_files(source, None)
+    with pytest.raises(SourceError, match="not found"):
+        list_data_files(str(tmp_path / "missing"), None)
+
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -84,3 +93,33 @@ def test_a_byte_order_mark_is_not_part_of_row_1_and_bad_rows_keep_their_number(n
 
 def test_a_byte_order_mark_is_stripped_from_a_json_lines_file_named_json() -> None:
     assert rows_of("d.json", BOM + b'{"a": 1}\n{"a": 2}\n') == [(1, {"a": 1}), (2, {"a": 2})]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_a_key_twice_in_a_json_row_is_a_row_error_naming_the_key(name: str) -> None:
+    rows_text = [
+        '{"instruction": "q", "output": "a"}',
+        '{"instruction": "q", "output": "first", "output": "second"}',
+        '{"conversations": [{"from": "human", "from": "gpt", "value": "x"}]}',
+        '{"instruction": "q2", "output": "a2"}',
+    ]
+    data = ("\n".join(rows_text) if name.endswith("jsonl") else "[" + ",\n".join(rows_text) + "]").encode()
+    rows = rows_of(name, data)
+    assert [n for n, _ in rows] == [1, 2, 3, 4]
+    assert rows[0][1] == {"instruction": "q", "output": "a"} and rows[3][1] == {"instruction": "q2", "output": "a2"}
+    assert str(rows[1][1]) == "key 'output' appears twice in one JSON object"
+    assert str(rows[2][1]) == "key 'from' appears twice in one JSON object"
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json"])
+def test_a_100k_deep_json_row_is_a_row_error_not_a_traceback(name: str) -> None:
+    rows_text = ['{"a": 1}', '{"instruction": ' + DEEP + ', "output": "x"}', DEEP, '{"a": "[\\"{"}']
+    data = ("\n".join(rows_text) if name.endswith("jsonl") else "[" + ", ".join(rows_text) + "]").encode()
+    rows = rows_of(name, data)
+    assert [n for n, _ in rows] == [1, 2, 3, 4]
+    assert rows[0][1] == {"a": 1} and rows[3][1] == {"a": '["{'}
+    assert isinstance(rows[1][1], RowError) and "nested too deeply" in str(rows[1][1])
+    assert isinstance(rows[2][1], RowError) and "nested too deeply" in str(rows[2][1])
