@@ -355,7 +355,7 @@ def export_model(cfg: RunConfig, trained: Trained) -> dict[str, Path]:
         elif export.streamable(exported["adapter"]):
             export.stream_merge(base_dir, exported["adapter"], model_dir, shard_bytes)
         else:
-            export.peft_merge(base_dir, exported["adapter"], model_dir, cfg.spec.output.shard_size, trust)
+            export.peft_merge(base_dir, exported["adapter"], model_dir, shard_bytes, trust)
         export.finish_model_dir(base_dir, model_dir, tok, stop_ids, trust)
         _save_resolved_config(cfg, model_dir)
     return exported
