@@ -24,6 +24,7 @@ from kubetune.trainer.checkpoints import (
     StopWhenFinished,
     barrier,
     restore_latest,
+    restored_checkpoint,
     run_identity,
 )
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
@@ -249,8 +250,7 @@ def _restore_checkpoint(cfg: RunConfig) -> Path | None:
     if cfg.dist.is_local_main:
         restore_latest(cfg.output.checkpoints, local, cfg.storage, run_identity(cfg.spec))
     barrier()
-    found = sorted(local.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if local.is_dir() else []
-    return found[-1] if found else None
+    return restored_checkpoint(local)
 
 
 def _final_metrics(trainer: Any, result: Any, progress: ProgressCallback, resume: Path | None) -> dict[str, Any]:
