@@ -232,11 +232,11 @@ def write_sharded(
     return list(split.filename_to_tensors)
 
 
-def stream_merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, shard_bytes: int) -> list[str]:
+def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, shard_bytes: int) -> list[str]:
     """Base weights + LoRA deltas -> sharded safetensors in the base dtype. Returns shard names."""
     import torch
 
-    pairs, scaling = lora_pairs(adapter_dir) if adapter_dir is not None else ({}, 1.0)
+    pairs, scaling = lora_pairs(adapter_dir)
     infos = tensor_infos(base_dir)
     missing = sorted(set(pairs) - {i.name for i in infos})
     if missing:
@@ -253,8 +253,8 @@ def stream_merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, shard_
             return tensor
         a, b = pair
         # In place on the one fp32 temporary: peak memory is that tensor and its cast back.
-        merged = b.to(torch.float32) @ a.to(torch.float32)
-        return merged.mul_(scaling).add_(tensor).to(tensor.dtype)
+        result = b.to(torch.float32) @ a.to(torch.float32)
+        return result.mul_(scaling).add_(tensor).to(tensor.dtype)
 
     return write_sharded(out_dir, infos, shard_bytes, merged)
 
