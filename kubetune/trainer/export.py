@@ -1,9 +1,10 @@
 """Export on rank 0: merge the adapter into the base weights, finish the model directory, check it.
 
 The merge streams: the output shards are planned from the base's safetensors headers (a merge
-changes no shape or dtype), then each tensor is read from the memory-mapped base, gets its LoRA
-delta (B @ A * scaling, in fp32, cast back to the base dtype) and is written straight to its place
-in the output file. Peak memory is about one tensor plus the adapter, not the model. Adapters
+changes no shape or dtype) with huggingface_hub's planner, then each tensor is read from the base
+(its file mapped only while it is read), gets its LoRA delta (B @ A * scaling, in fp32, cast back to
+the base dtype) and is written straight to its place in the output file. Peak memory is about one
+tensor plus the adapter, not the model or a shard (bench/bench_merge.py measures it). Adapters
 that need the module itself to merge (DoRA, embedding LoRA, modules_to_save, per-module rank
 patterns) go through peft's merge_and_unload on an unquantized reload instead.
 """
@@ -18,9 +19,12 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune.trainer.failures import ExitCode, TrainerError
+
+if TYPE_CHECKING:
+    from huggingface_hub import StateDictSplit
 
 log = logging.getLogger("kubetune.trainer")
 
@@ -74,11 +78,13 @@ class TensorInfo:
 
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a save_pretrained directory, in index order."""
-    index = model_dir / "model.safetensors.index.json"
+    from huggingface_hub import constants
+
+    index = model_dir / constants.SAFETENSORS_INDEX_FILE
     if index.exists():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [model_dir / n for n in names]
-    single = model_dir / "model.safetensors"
+    single = model_dir / constants.SAFETENSORS_SINGLE_FILE
     if single.exists():
         return [single]
     raise TrainerError(
@@ -101,27 +107,22 @@ def tensor_infos(model_dir: Path) -> list[TensorInfo]:
     return infos
 
 
-class TensorReader:
-    """Reads tensors file by file, keeping only the current file open (memory-mapped)."""
+def read_tensor(info: TensorInfo) -> Any:
+    """One tensor, without keeping its file mapped.
 
-    def __init__(self) -> None:
-        self._path: Path | None = None
-        self._handle: Any = None
+    safe_open maps the whole file and every page a read touches stays in the process's RSS until the
+    map is closed, so a handle kept across a shard grows the process by the shard's size. Opened per
+    tensor (one header parse), the map and its pages go with the tensor."""
+    from safetensors import safe_open
 
-    def read(self, info: TensorInfo) -> Any:
-        from safetensors import safe_open
-
-        if info.file != self._path:
-            self._handle = safe_open(str(info.file), framework="pt")
-            self._path = info.file
-        return self._handle.get_tensor(info.name)
+    with safe_open(str(info.file), framework="pt") as fh:
+        return fh.get_tensor(info.name)
 
 
 def iter_tensors(model_dir: Path) -> Iterator[tuple[str, Any]]:
     """(name, tensor) pairs, one tensor in memory at a time."""
-    reader = TensorReader()
     for info in tensor_infos(model_dir):
-        yield info.name, reader.read(info)
+        yield info.name, read_tensor(info)
 
 
 def model_size_bytes(model_dir: Path) -> int:
@@ -168,17 +169,16 @@ def lora_pairs(adapter_dir: Path) -> tuple[dict[str, tuple[Any, Any]], float]:
 # --------------------------------------------------------------------------------------------
 
 
-def plan_shards(infos: list[TensorInfo], shard_bytes: int) -> list[list[TensorInfo]]:
-    """Group tensors, in order, into shards of at most shard_bytes (a bigger tensor gets its own)."""
-    shards: list[list[TensorInfo]] = [[]]
-    size = 0
-    for info in infos:
-        if shards[-1] and size + info.nbytes > shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(info)
-        size += info.nbytes
-    return shards
+def plan_shards(infos: list[TensorInfo], shard_bytes: int) -> StateDictSplit:
+    """save_pretrained's shard names, grouping and index metadata, planned from the headers alone."""
+    from huggingface_hub import constants, split_state_dict_into_shards_factory
+
+    return split_state_dict_into_shards_factory(
+        {info.name: info for info in infos},
+        get_storage_size=lambda info: info.nbytes,
+        filename_pattern=constants.SAFETENSORS_WEIGHTS_FILE_PATTERN,
+        max_shard_size=shard_bytes,
+    )
 
 
 def write_safetensors(path: Path, infos: list[TensorInfo], produce: Callable[[TensorInfo], Any]) -> None:
@@ -212,32 +212,31 @@ def write_safetensors(path: Path, infos: list[TensorInfo], produce: Callable[[Te
                     "report a bug: the export plan and the weights disagree",
                 )
             fh.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            del tensor  # freed (and its file unmapped) before the next one is produced, not after
 
 
 def write_sharded(
     out_dir: Path, infos: list[TensorInfo], shard_bytes: int, produce: Callable[[TensorInfo], Any]
 ) -> list[str]:
     """save_pretrained's layout (model.safetensors, or model-0000i-of-0000n + index), streamed."""
+    from huggingface_hub import constants
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    shards = plan_shards(infos, shard_bytes)
-    count = len(shards)
-    names = (
-        ["model.safetensors"] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
-    )
-    for name, shard in zip(names, shards, strict=True):
-        write_safetensors(out_dir / name, shard, produce)
-    if count > 1:
-        weight_map = {info.name: name for name, shard in zip(names, shards, strict=True) for info in shard}
-        index = {"metadata": {"total_size": sum(i.nbytes for i in infos)}, "weight_map": weight_map}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return names
+    split = plan_shards(infos, shard_bytes)
+    by_name = {info.name: info for info in infos}
+    for filename, names in split.filename_to_tensors.items():
+        write_safetensors(out_dir / filename, [by_name[n] for n in names], produce)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        (out_dir / constants.SAFETENSORS_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return list(split.filename_to_tensors)
 
 
-def stream_merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, shard_bytes: int) -> list[str]:
+def stream_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, shard_bytes: int) -> list[str]:
     """Base weights + LoRA deltas -> sharded safetensors in the base dtype. Returns shard names."""
     import torch
 
-    pairs, scaling = lora_pairs(adapter_dir) if adapter_dir is not None else ({}, 1.0)
+    pairs, scaling = lora_pairs(adapter_dir)
     infos = tensor_infos(base_dir)
     missing = sorted(set(pairs) - {i.name for i in infos})
     if missing:
@@ -246,28 +245,29 @@ def stream_merge(base_dir: Path, adapter_dir: Path | None, out_dir: Path, shard_
             f"adapter weights for {missing[:3]} have no matching base weight",
             "the adapter was trained on a different base model",
         )
-    reader = TensorReader()
 
     def merged(info: TensorInfo) -> Any:
-        tensor = reader.read(info)
+        tensor = read_tensor(info)
         pair = pairs.get(info.name)
         if pair is None:
             return tensor
         a, b = pair
-        delta = (b.to(torch.float32) @ a.to(torch.float32)) * scaling
-        return (tensor.to(torch.float32) + delta).to(tensor.dtype)
+        # In place on the one fp32 temporary: peak memory is that tensor and its cast back.
+        result = b.to(torch.float32) @ a.to(torch.float32)
+        return result.mul_(scaling).add_(tensor).to(tensor.dtype)
 
     return write_sharded(out_dir, infos, shard_bytes, merged)
 
 
-def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, shard_size: str, trust: bool) -> None:
+def peft_merge(base_dir: Path, adapter_dir: Path, out_dir: Path, shard_bytes: int, trust: bool) -> None:
     """Merge through peft on an unquantized base in its own dtype (DoRA and other module-level cases)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype="auto", trust_remote_code=trust)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(str(out_dir), max_shard_size=shard_size)
+    # Bytes, not the spec's text: transformers parses no binary units (GiB) and no "B".
+    merged.save_pretrained(str(out_dir), max_shard_size=shard_bytes)
 
 
 def resave_weights(src_dir: Path, out_dir: Path, shard_bytes: int, dtype: Any) -> list[str]:
@@ -276,10 +276,9 @@ def resave_weights(src_dir: Path, out_dir: Path, shard_bytes: int, dtype: Any) -
     infos = [
         TensorInfo(i.name, target if _is_float(i.dtype) else i.dtype, i.shape, i.file) for i in tensor_infos(src_dir)
     ]
-    reader = TensorReader()
 
     def cast(info: TensorInfo) -> Any:
-        tensor = reader.read(info)
+        tensor = read_tensor(info)
         return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     return write_sharded(out_dir, infos, shard_bytes, cast)

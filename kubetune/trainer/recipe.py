@@ -24,6 +24,7 @@ from kubetune.trainer.checkpoints import (
     StopWhenFinished,
     barrier,
     restore_latest,
+    restored_checkpoint,
     run_identity,
 )
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
@@ -249,8 +250,7 @@ def _restore_checkpoint(cfg: RunConfig) -> Path | None:
     if cfg.dist.is_local_main:
         restore_latest(cfg.output.checkpoints, local, cfg.storage, run_identity(cfg.spec))
     barrier()
-    found = sorted(local.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) if local.is_dir() else []
-    return found[-1] if found else None
+    return restored_checkpoint(local)
 
 
 def _final_metrics(trainer: Any, result: Any, progress: ProgressCallback, resume: Path | None) -> dict[str, Any]:
@@ -355,7 +355,7 @@ def export_model(cfg: RunConfig, trained: Trained) -> dict[str, Path]:
         elif export.streamable(exported["adapter"]):
             export.stream_merge(base_dir, exported["adapter"], model_dir, shard_bytes)
         else:
-            export.peft_merge(base_dir, exported["adapter"], model_dir, cfg.spec.output.shard_size, trust)
+            export.peft_merge(base_dir, exported["adapter"], model_dir, shard_bytes, trust)
         export.finish_model_dir(base_dir, model_dir, tok, stop_ids, trust)
         _save_resolved_config(cfg, model_dir)
     return exported

@@ -1,6 +1,7 @@
 """torchrun: 2 processes on one node with DeepSpeed ZeRO-3, and 2 "nodes" x 1 process (DDP) on 127.0.0.1.
 
-Both on CPU with gloo. The first ZeRO run on a machine compiles a small DeepSpeed op (~60 s, cached).
+Both on CPU with gloo. DeepSpeed's CPU shared-memory op is compiled by `make setup`; without it the
+ZeRO run first JIT-compiles it into ~/.cache/torch_extensions (minutes on 2 cores).
 """
 
 from __future__ import annotations

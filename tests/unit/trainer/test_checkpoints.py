@@ -6,7 +6,15 @@ import yaml
 
 from kubetune.api.validation import parse_job
 from kubetune.storage import write_bytes
-from kubetune.trainer.checkpoints import COMPLETE, marker_text, prune, restore_latest, run_identity, scan
+from kubetune.trainer.checkpoints import (
+    COMPLETE,
+    marker_text,
+    prune,
+    restore_latest,
+    restored_checkpoint,
+    run_identity,
+    scan,
+)
 
 RUN = "run-a"
 
@@ -37,10 +45,12 @@ def test_restore_takes_latest_complete_and_drops_stale_local_state(tmp_path):
     assert restored == local / "checkpoint-20"
     assert (restored / "adapter_model.safetensors").read_bytes() == b"w" * 20
     assert sorted(p.name for p in local.iterdir()) == ["checkpoint-20"]
+    assert restored_checkpoint(local) == local / "checkpoint-20"  # what every other rank of the node resumes from
 
 
 def test_fresh_run_has_nothing_to_restore(tmp_path):
     assert restore_latest(str(tmp_path / "none"), tmp_path / "local", None, RUN) is None
+    assert restored_checkpoint(tmp_path / "local") is None
 
 
 def test_prune_keeps_newest_and_removes_dead_uploads(tmp_path):

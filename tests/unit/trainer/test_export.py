@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from kubetune.trainer.export import (
     Probe,
-    TensorReader,
     check_template,
     iter_tensors,
     peft_merge,
+    read_tensor,
     resave_weights,
     stream_merge,
     streamable,
@@ -67,7 +68,7 @@ def test_dora_adapters_merge_through_peft(tiny_model_dir, tmp_path):
 
     adapter = _adapter(tiny_model_dir, tmp_path / "adapter", use_dora=True).eval()
     assert not streamable(tmp_path / "adapter")  # the magnitude vector needs the module to merge
-    peft_merge(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged", "100KB", trust=False)
+    peft_merge(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged", 100_000, trust=False)
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
     ids = torch.randint(0, 400, (1, 16))
     with torch.no_grad():
@@ -85,13 +86,31 @@ def test_streamed_files_are_real_safetensors(tmp_path):
     }
     save_file(tensors, str(tmp_path / "model.safetensors"))
     infos = tensor_infos(tmp_path)
-    reader = TensorReader()
-    assert write_sharded(tmp_path / "one", infos, 10**9, reader.read) == ["model.safetensors"]
-    names = write_sharded(tmp_path / "many", infos, 30, reader.read)  # a (60 B) | b (32 B) | c + scalar
+    assert write_sharded(tmp_path / "one", infos, 10**9, read_tensor) == ["model.safetensors"]
+    names = write_sharded(tmp_path / "many", infos, 30, read_tensor)  # a (60 B) | b (32 B) | c + scalar
     assert names == [f"model-0000{i}-of-00003.safetensors" for i in range(1, 4)]
     for out in (tmp_path / "one" / "model.safetensors", *(tmp_path / "many" / n for n in names)):
         for name, tensor in load_file(str(out)).items():  # the reference reader accepts our files
             torch.testing.assert_close(tensor, tensors[name])
+
+
+def test_reading_keeps_no_weight_file_mapped(tiny_model_dir, tmp_path):
+    # A map kept open across a shard keeps every page read so far in the process's RSS.
+    infos = tensor_infos(tiny_model_dir)
+    weights = str((tiny_model_dir / "model.safetensors").resolve())
+
+    def mapped() -> bool:
+        return weights in Path("/proc/self/maps").read_text()
+
+    seen = []
+
+    def produce(info):
+        seen.append(mapped())  # the previous tensor was written and dropped
+        return read_tensor(info)
+
+    write_sharded(tmp_path / "out", infos, 10**9, produce)
+    assert len(seen) == len(infos) > 1
+    assert not any(seen) and not mapped()
 
 
 def test_resave_casts_floats_to_the_base_dtype(tmp_path):
