@@ -99,7 +99,7 @@ def test_rerunning_a_finished_job_only_reports_it(tiny_model_dir, chat_data, tmp
     merged["spec"]["output"]["merge"] = not merged["spec"]["output"].get("merge", True)
     third = run_trainer(write_job(tmp_path / "job.yaml", merged), env)
     assert third.code == 0, third.stderr[-3000:]
-    assert "already finished" not in third.stderr and (output / "manifest.json").read_bytes() != written
+    assert "records this spec's result" not in third.stderr and (output / "manifest.json").read_bytes() != written
 
 
 def test_a_job_stopped_before_its_manifest_exports_its_final_checkpoint(tiny_model_dir, chat_data, tmp_path):
