@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -19,15 +18,19 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from kubetune import render, storage
+from kubetune import lease, render, storage
 from kubetune.api import v1alpha1 as api
 from kubetune.api.locations import local_path, location_kind
 from kubetune.api.validation import parse_job
+from kubetune.trainer.launch import parent_death_signal
+from kubetune.trainer.manifest import finished_manifest
 
 _PLACEHOLDER = re.compile(r"\$\(([A-Z_][A-Z0-9_]*)\)")
 # How long an interrupted local run waits for checkpoints: torchrun's shutdown timeout plus margin.
@@ -44,6 +47,11 @@ class LocalPlan:
     master_port: int
     gpus_per_node: int = 0
     gpus_total: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        """Everything the run printed, torchrun's tracebacks included."""
+        return self.work_dir / "run.log"
 
     def env(self, node_rank: int, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment of one "pod": what the renderer gives the container, plus what Kubeflow injects."""
@@ -89,7 +97,8 @@ class LocalPlan:
         return [sys.executable, *expanded[1:]] if expanded[0] == "python" else expanded
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (MASTER_PORT of a local run; tests use it too)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -144,10 +153,7 @@ def plan(
     # Keyed by the output too: two local runs of same-named jobs never share a config or a log.
     digest = hashlib.sha256(job.spec.output.uri.encode()).hexdigest()[:8]
     work_dir = (work_root or Path(".kubetune")) / "runs" / f"{job.name}-{digest}"
-    work_dir.mkdir(parents=True, exist_ok=True)
     config_path = (work_dir / "config.yaml").resolve()
-    config_path.write_text(render.config_yaml(job))
-    (work_dir / "termination-log").unlink(missing_ok=True)
     total = cuda_devices if cuda_devices is not None else _cuda_count()
     if total and res.gpus_per_node and n_nodes * procs_per_node > total:
         raise ValueError(
@@ -155,7 +161,7 @@ def plan(
             f"this machine has {total}; lower --nodes or --nproc-per-node"
         )
     gpus = res.gpus_per_node if total > 0 else 0
-    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, _free_port(), gpus, total)
+    return LocalPlan(job, config_path, work_dir.resolve(), n_nodes, procs_per_node, free_port(), gpus, total)
 
 
 def _cuda_count() -> int:
@@ -167,11 +173,44 @@ def _cuda_count() -> int:
         return 0
 
 
-def launch(p: LocalPlan) -> int:
+@contextlib.contextmanager
+def claim(p: LocalPlan) -> Iterator[lease.Lease]:
+    """Hold the work dir and the output for the run (refused with `LeaseHeld` while another live run
+    holds either), and only then write the run's config into the work dir."""
+    held: list[lease.Lease] = []
+    try:
+        for one in (
+            lease.PathLock(p.work_dir, "work dir"),
+            lease.for_output(p.job.spec.output.uri, storage.StorageOptions.from_spec(p.job.spec.storage)),
+        ):
+            one.acquire()
+            held.append(one)
+        p.config_path.write_text(render.config_yaml(p.job))
+        (p.work_dir / "termination-log").unlink(missing_ok=True)
+        yield held[-1]
+    finally:
+        for one in reversed(held):
+            one.release()
+
+
+def finished(job: api.FineTuneJob) -> dict[str, Any] | None:
+    """The output's manifest if it records this job's result (the job already finished), else None."""
+    opts = storage.StorageOptions.from_spec(job.spec.storage)
+    return finished_manifest(storage.join(job.spec.output.uri, "manifest.json"), job.spec, opts)
+
+
+# Ctrl-C, `kill`, a closed terminal: stop gracefully (the trainers checkpoint). SIGQUIT (Ctrl-\\), or
+# any second signal: kill at once. SIGKILL cannot be caught: the parent-death signal of every
+# process below takes the tree down then.
+_GRACEFUL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_AT_ONCE = (signal.SIGQUIT,)
+
+
+def launch(p: LocalPlan, lost: threading.Event | None = None) -> int:
     """Start every node's command, wait, stop the rest as soon as one fails. Returns an exit code.
 
-    SIGTERM/SIGHUP/SIGINT to `kubetune run` reach the trainers as SIGTERM (they checkpoint, as on
-    preemption), so no training process outlives the command that started it.
+    Output goes to the terminal and to `p.log_path`; no training process outlives this function,
+    nor this process (see `_GRACEFUL`). `lost` set (the output's lease taken over) stops the run.
     """
     procs: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
@@ -179,44 +218,69 @@ def launch(p: LocalPlan) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stopping.append(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    def hurry() -> bool:
+        return len(stopping) > 1 or any(sig in _AT_ONCE for sig in stopping)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (*_GRACEFUL, *_AT_ONCE)}
+    log = _Log(p.log_path)
+    relays: list[_Relay] = []
     try:
         for node_rank in range(p.nodes):
             env = p.env(node_rank)
-            procs.append(subprocess.Popen(p.command(env), env=env, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    p.command(env),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # the terminal's Ctrl-C reaches us alone; we stop them
+                    preexec_fn=parent_death_signal(signal.SIGKILL),
+                )
+            )
+        for proc in procs:
+            assert proc.stdout is not None and proc.stderr is not None
+            relays += [_Relay(proc.stdout, sys.stdout, log), _Relay(proc.stderr, sys.stderr, log, quiet_torchrun=True)]
         code = 0
-        while procs:
-            if stopping:
+        running = list(procs)
+        while running:
+            if stopping or (lost is not None and lost.is_set()):
+                if not stopping:
+                    print("kubetune: error: another run took over the output's lease; stopping", file=sys.stderr)
                 # The trainers checkpoint on SIGTERM; torchrun allows them its shutdown timeout.
-                _stop(procs, grace=_INTERRUPT_GRACE)
-                return 128 + stopping[0]
-            for proc in list(procs):
+                _stop(running, grace=0.0 if hurry() else _INTERRUPT_GRACE, hurry=hurry)
+                return 128 + stopping[0] if stopping else 1
+            for proc in list(running):
                 rc = proc.poll()
                 if rc is None:
                     continue
-                procs.remove(proc)
+                running.remove(proc)
                 if rc != 0 and code == 0:
                     code = rc
-                    _stop(procs)
+                    _stop(running, hurry=hurry)
             time.sleep(0.2)
         return code
     finally:
-        _stop(procs)
+        _stop(procs, grace=0.0)
+        for relay in relays:
+            relay.join(timeout=5)
+        log.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> None:
-    """SIGTERM every process group, wait up to `grace`, then kill what is left, whole trees:
-    the launcher runs torchrun in a session of its own, so a process-group kill would miss it."""
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 30.0, hurry: Callable[[], bool] = bool) -> None:
+    """SIGTERM every process group, wait up to `grace` (less if `hurry()` turns true), then kill what
+    is left, whole trees: the launcher runs torchrun in a session of its own, so a process-group kill
+    would miss it."""
     for proc in procs:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline and not hurry():
+        time.sleep(0.1)
     for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             _kill_tree(proc.pid)
             proc.wait()
 
@@ -235,18 +299,82 @@ def _kill_tree(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+class _Log:
+    """The run's log file, written by every relay."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("wb")
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._file.write(data)
+            self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Relay(threading.Thread):
+    """Copies a child's output to the terminal and to the run's log, as it comes.
+
+    With `quiet_torchrun`, torchrun's ChildFailedError traceback (30 lines that only repeat, badly,
+    the one-line error the trainer printed) goes to the log alone."""
+
+    def __init__(self, source: IO[bytes], terminal: IO[str], log: _Log, quiet_torchrun: bool = False) -> None:
+        super().__init__(daemon=True)
+        self.source, self.terminal, self.log, self.quiet = source, terminal, log, quiet_torchrun
+        self.start()
+
+    def run(self) -> None:
+        fd = self.source.fileno()
+        pending = b""
+        held: list[bytes] | None = None  # a traceback, held until it shows whose it is
+        rules_left = 0  # "=====" lines left in torchrun's failure summary
+        while chunk := os.read(fd, 65536):
+            self.log.write(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            out: list[bytes] = []
+            for raw in lines:
+                line = raw + b"\n"
+                text = raw.rsplit(b"\r", 1)[-1]
+                if not self.quiet:
+                    out.append(line)
+                elif rules_left:
+                    rules_left -= text.startswith(b"=====")
+                elif held is not None and text[:1] in (b" ", b"\t"):
+                    held.append(line)
+                elif held is not None and text.startswith(_CHILD_FAILED):
+                    held, rules_left = None, 2
+                elif text.startswith(b"Traceback (most recent call last):"):
+                    out += held or []
+                    held = [line]
+                else:
+                    out += [*(held or []), line]
+                    held = None
+            if held is None and not rules_left and b"\r" in pending:  # a progress bar redrawn in place
+                cut = pending.rindex(b"\r") + 1
+                out.append(pending[:cut])
+                pending = pending[cut:]
+            self._show(b"".join(out))
+        self._show(b"".join([*(held or []), pending]))
+
+    def _show(self, data: bytes) -> None:
+        if data:
+            self.terminal.write(data.decode(errors="replace"))
+            self.terminal.flush()
+
+
+_CHILD_FAILED = b"torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+
+
 def failure_line(p: LocalPlan) -> str | None:
     path = p.work_dir / "termination-log"
     if path.exists():
         text = path.read_text(errors="replace").strip()
         return text or None
     return None
-
-
-def read_manifest(job: api.FineTuneJob) -> dict[str, Any]:
-    opts = storage.StorageOptions.from_spec(job.spec.storage)
-    data: dict[str, Any] = json.loads(storage.read_bytes(storage.join(job.spec.output.uri, "manifest.json"), opts))
-    return data
 
 
 def fetch_dir(uri: str, job: api.FineTuneJob, work_dir: Path) -> Path:

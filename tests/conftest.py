@@ -3,6 +3,7 @@
 - `tiny_model_dir`: a tiny Llama model + trained tokenizer saved to disk once per session and loaded
   back through the normal `from_pretrained` path by the code under test.
 - `s3_server`: a real S3 server (SeaweedFS) on 127.0.0.1 for the session.
+- `free_port`: a TCP port free on 127.0.0.1, chosen as `kubetune run --local` chooses MASTER_PORT.
 """
 
 from __future__ import annotations
@@ -55,3 +56,10 @@ def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return s3_server
+
+
+@pytest.fixture
+def free_port() -> int:
+    from kubetune.local import free_port
+
+    return free_port()

@@ -19,17 +19,22 @@ SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes 
 (they save a checkpoint at the next step and exit 143). The rendered command passes torchrun
 `--shutdown-timeout=270` inside the pod's 300 s termination grace period, so a preempted worker has
 time to finish its step and upload the checkpoint before torchrun escalates to SIGKILL.
+
+A process that dies without passing anything on (SIGKILL, a crash) takes its children with it:
+torchrun and every worker get SIGKILL from Linux when their parent dies (`parent_death_signal`),
+so no training goes on unsupervised, uploading into an output someone else may now own.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -39,6 +44,31 @@ from kubetune.trainer.failures import ExitCode
 PERMANENT = frozenset({ExitCode.CONFIG, ExitCode.MODEL, ExitCode.OOM, ExitCode.NAN, ExitCode.EXPORT})
 RETRYABLE = int(ExitCode.PREEMPTED)
 NOT_FOUND = 127
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def parent_death_signal(sig: int) -> Callable[[], None]:
+    """A `preexec_fn` after which Linux sends `sig` to the child when its parent dies (elsewhere a no-op).
+
+    It survives exec; it is sent when the thread that started the child exits, so start children
+    from the main thread."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+
+    def arm() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    return arm
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """`parent_death_signal` for this process, for children started by code we do not own (torchrun's workers)."""
+    parent = os.getppid()
+    parent_death_signal(sig)()
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), sig)
 
 
 def container_exit_code(torchrun_code: int, rank_codes: Sequence[int], interrupted: bool = False) -> int:
@@ -97,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool]:
     """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came)."""
     # Its own session: a terminal's Ctrl-C reaches torchrun once, through us, not twice.
-    child = subprocess.Popen([torchrun, *args], env=env, start_new_session=True)
+    child = subprocess.Popen(
+        [torchrun, *args], env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL)
+    )
     received: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:

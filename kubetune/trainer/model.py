@@ -122,8 +122,11 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
 def load_model(model_dir: Path, cfg: RunConfig) -> Any:
     """The trainable model: full weights, or the base wrapped in a (Q)LoRA adapter."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
 
+    # training.seed promises the initialisation too: the LoRA weights (and any newly initialised
+    # head) are drawn here, before the Trainer seeds for shuffling and dropout.
+    set_seed(cfg.spec.training.seed)
     method = cfg.method
     dtype = torch_dtype(cfg.precision)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.spec.model.trust_remote_code}

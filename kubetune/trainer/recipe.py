@@ -30,6 +30,8 @@ from kubetune.trainer.checkpoints import (
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
 from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
+from kubetune.trainer.launch import die_with_parent
+from kubetune.trainer.manifest import finished_manifest
 from kubetune.trainer.progress import ProgressCallback, ProgressSink, progress_event
 
 log = logging.getLogger("kubetune.trainer")
@@ -47,6 +49,8 @@ class Trained:
 
 def run(config_path: str) -> int:
     """The whole job in this process. Returns the exit code."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun (it sets this)
+        die_with_parent()  # torchrun killed outright must not leave this rank training on its own
     _setup_logging()
     preemption = Preemption()
     preemption.install()
@@ -54,6 +58,11 @@ def run(config_path: str) -> int:
     sink: ProgressSink | None = None
     try:
         cfg = load_run_config(config_path)
+        if finished_manifest(cfg.output.manifest, cfg.spec, cfg.storage) is not None:
+            # Finished before (perhaps stopped after its manifest): training again would only delete
+            # and rewrite the same model.
+            log.info("already finished: %s records this spec's result; nothing to do", cfg.output.manifest)
+            return 0
         if cfg.dist.is_main:
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
@@ -291,7 +300,7 @@ def export_and_upload(cfg: RunConfig, trained: Trained, sink: ProgressSink | Non
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from kubetune.storage import delete_prefix
-    from kubetune.trainer.manifest import build_manifest, write_manifest
+    from kubetune.trainer.manifest import build_manifest, result_identity, write_manifest
 
     # Reloading for the checks must be a plain load on this process, not a ZeRO-3 partitioned one.
     unset_hf_deepspeed_config()
@@ -308,6 +317,7 @@ def export_and_upload(cfg: RunConfig, trained: Trained, sink: ProgressSink | Non
         root=cfg.output.root,
         files=uploaded,
         job={"name": cfg.job.name, "namespace": cfg.job.namespace, "uid": cfg.job.metadata.uid},
+        identity=result_identity(cfg.spec),
         base_model={"source": cfg.spec.model.source, "revision": cfg.spec.model.revision},
         method=cfg.method,
         template=str(cfg.spec.template),

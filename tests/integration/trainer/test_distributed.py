@@ -7,7 +7,6 @@ ZeRO run first JIT-compiles it into ~/.cache/torch_extensions (minutes on 2 core
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,6 @@ import pytest
 from tests.integration.trainer.helpers import job, progress_events, trainer_env, write_job
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -43,13 +36,13 @@ def _check_output(output: Path, zero3: bool) -> None:
 
 
 @pytest.mark.parametrize("layout", ["1x2", "2x1"])
-def test_torchrun(layout, tiny_model_dir, chat_data, tmp_path):
+def test_torchrun(layout, tiny_model_dir, chat_data, tmp_path, free_port):
     output = tmp_path / "out"
     zero3 = layout == "1x2"
     training = {"deepspeed": {"stage": "zero3"}} if zero3 else {}
     manifest = job("dist", str(tiny_model_dir), str(chat_data), str(output), training=training)
     config = str(write_job(tmp_path / "job.yaml", manifest))
-    port = str(_free_port())
+    port = str(free_port)
     if layout == "1x2":
         launches = [(_torchrun("--nnodes", "1", "--nproc-per-node", "2", "--master-port", port), tmp_path / "n0")]
     else:

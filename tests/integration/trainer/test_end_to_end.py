@@ -151,3 +151,29 @@ def test_nan_loss_stops_without_a_manifest(tiny_model_dir, chat_data, tmp_path):
     assert not (output / "manifest.json").exists() and not (output / "model").exists()
     events = progress_events(output / "progress.jsonl")
     assert events[-1]["stage"] == "failed" and events[-1]["message"] == run.error_lines()[0]
+
+
+def test_same_spec_and_seed_give_the_same_model_bit_for_bit(tiny_model_dir, chat_data, tmp_path):
+    """training.seed covers the adapter's initialisation (drawn before the Trainer seeds), not only
+    shuffling and dropout."""
+    from safetensors.torch import load_file
+
+    adapters = []
+    for attempt in ("first", "second"):
+        output = tmp_path / attempt
+        spec = job(
+            "seeded",
+            str(tiny_model_dir),
+            str(chat_data),
+            str(output),
+            method={"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1}},
+            training={"maxSteps": 3, "checkpointEverySteps": 3},
+            output={"uri": str(output), "merge": False},
+        )
+        run = run_trainer(write_job(tmp_path / f"{attempt}.yaml", spec), trainer_env(tmp_path / attempt))
+        assert run.code == 0, run.stderr[-3000:]
+        adapters.append(load_file(str(output / "adapter" / "adapter_model.safetensors")))
+    first, second = adapters
+    assert first.keys() == second.keys() and first
+    for name in first:
+        assert torch.equal(first[name], second[name]), name

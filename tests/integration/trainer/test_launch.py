@@ -8,7 +8,6 @@ preemption to 143 (retried).
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,19 +20,13 @@ from tests.integration.trainer.helpers import job, trainer_env, write_job, write
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _launch(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def _launch(config: Path, env: dict[str, str], port: int) -> subprocess.Popen[str]:
     # The pod's command: the launcher, then exactly the torchrun arguments the renderer gives.
     args = [
         "--nnodes=1",
         "--nproc-per-node=1",
         "--master-addr=127.0.0.1",
-        f"--master-port={_free_port()}",
+        f"--master-port={port}",
         "-m",
         "kubetune.trainer",
         "--config",
@@ -48,19 +41,19 @@ def _launch(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def test_bad_data_fails_permanently_with_its_own_code(tiny_model_dir, tmp_path):
+def test_bad_data_fails_permanently_with_its_own_code(tiny_model_dir, tmp_path, free_port):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}] * 3)
     with data.open("a") as fh:
         fh.write("{not json\n")
     config = write_job(tmp_path / "job.yaml", job("bad", str(tiny_model_dir), str(data), str(tmp_path / "out")))
-    proc = _launch(config, trainer_env(tmp_path))
+    proc = _launch(config, trainer_env(tmp_path), free_port)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 2, stderr[-3000:]
     assert "kubetune: error: invalid training data" in stderr
     assert "torchrun exited 1; container exit code 2" in stderr
 
 
-def test_sigterm_mid_training_exits_143(tiny_model_dir, chat_data, tmp_path):
+def test_sigterm_mid_training_exits_143(tiny_model_dir, chat_data, tmp_path, free_port):
     output = tmp_path / "out"
     manifest = job(
         "preempt",
@@ -69,7 +62,7 @@ def test_sigterm_mid_training_exits_143(tiny_model_dir, chat_data, tmp_path):
         str(output),
         training={"maxSteps": 2000, "checkpointEverySteps": 10, "loggingSteps": 10},
     )
-    proc = _launch(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path))
+    proc = _launch(write_job(tmp_path / "job.yaml", manifest), trainer_env(tmp_path), free_port)
     marker = output / "checkpoints" / "checkpoint-10" / "COMPLETE"
     deadline = time.monotonic() + 150
     while not marker.exists():

@@ -74,8 +74,37 @@ def _model_files(output):
     return {f["path"]: f["sha256"] for f in files if f["path"].startswith(("model/", "adapter/"))}
 
 
-def test_rerunning_a_finished_job_exports_the_same_model(tiny_model_dir, chat_data, tmp_path):
-    """`make quickstart` twice: the final checkpoint is resumed with 0 steps left; export and upload again."""
+def test_rerunning_a_finished_job_only_reports_it(tiny_model_dir, chat_data, tmp_path):
+    """A pod restarted after its manifest was written (a SIGTERM during clean-up) trains nothing again."""
+    output = tmp_path / "out"
+    config = write_job(
+        tmp_path / "job.yaml",
+        job("done", str(tiny_model_dir), str(chat_data), str(output), training={"maxSteps": 5}),
+    )
+    env = trainer_env(tmp_path)
+    first = run_trainer(config, env)
+    assert first.code == 0, first.stderr[-3000:]
+    written = (output / "manifest.json").read_bytes()
+    model = {p: p.stat().st_mtime_ns for p in (output / "adapter").rglob("*")}
+
+    second = run_trainer(config, env)
+    assert second.code == 0, second.stderr[-3000:]
+    assert f"already finished: {output}/manifest.json records this spec's result" in second.stderr
+    assert "resuming from" not in second.stderr
+    assert (output / "manifest.json").read_bytes() == written
+    assert {p: p.stat().st_mtime_ns for p in (output / "adapter").rglob("*")} == model
+
+    # Another result (the same training, merged this time) is not the finished one.
+    merged = job("done", str(tiny_model_dir), str(chat_data), str(output), training={"maxSteps": 5})
+    merged["spec"]["output"]["merge"] = not merged["spec"]["output"].get("merge", True)
+    third = run_trainer(write_job(tmp_path / "job.yaml", merged), env)
+    assert third.code == 0, third.stderr[-3000:]
+    assert "records this spec's result" not in third.stderr and (output / "manifest.json").read_bytes() != written
+
+
+def test_a_job_stopped_before_its_manifest_exports_its_final_checkpoint(tiny_model_dir, chat_data, tmp_path):
+    """Trained to the end but no manifest (stopped while exporting): the final checkpoint is resumed
+    with 0 steps left; export and upload again."""
     output = tmp_path / "out"
     manifest = job(
         "again",
@@ -92,6 +121,7 @@ def test_rerunning_a_finished_job_exports_the_same_model(tiny_model_dir, chat_da
     before = _model_files(output)
     assert any(p.startswith("model/model") for p in before) and "adapter/adapter_model.safetensors" in before
 
+    (output / "manifest.json").unlink()
     second = run_trainer(config, env)
     assert second.code == 0, second.stderr[-3000:]
     assert f"resuming from {output}/checkpoints/checkpoint-10" in second.stderr

@@ -21,9 +21,17 @@ def test_relative_paths_resolve_against_the_job_file(tmp_path: Path) -> None:
     assert spec.model.source == str((ROOT / "runs" / "tiny-model").resolve())
     assert spec.datasets[0].source == str(ROOT / "examples" / "data" / "identity.json")
     assert spec.output.uri == str((ROOT / "runs" / "quickstart").resolve())
-    # The written config is what the trainer loads, and it loads.
-    again = load_job_file(str(p.config_path))
-    assert again.spec == spec
+
+
+def test_the_config_written_for_the_run_is_what_the_trainer_loads(tmp_path: Path) -> None:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["output"]["uri"] = str(tmp_path / "out")  # claim() locks the output: not in the checkout
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    p = local.plan(path, work_root=tmp_path, cuda_devices=0)
+    with local.claim(p):  # written once the run holds its work dir and output
+        again = load_job_file(str(p.config_path))
+    assert again.spec == p.job.spec
 
 
 def test_hub_ids_and_s3_uris_are_left_alone(tmp_path: Path) -> None:
