@@ -5,18 +5,20 @@ LLaMA-Factory cannot be installed cheaply here, so the reference is written from
 slot for slot, in LLaMA-Factory's own notation, and `lf_encode` follows `Template._encode`,
 `Llama2Template._encode` and `ReasoningTemplate.encode_multiturn` (with its default
 `enable_thinking: true`) at the text level. Our templates are jinja built from another table
-(`kubetune.trainer.template_layouts`); these tests hold the two together.
+(`kubetune.trainer.template_layouts`); these tests hold the two together, on the text and answer
+spans, and on token ids and labels with the tiny test tokenizer (which has no bos token).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kubetune.api import v1alpha1 as api
-from kubetune.trainer.data.tokenize import assistant_spans
-from kubetune.trainer.templates import ChatTemplate, named_jinja, render
+from kubetune.trainer.data.tokenize import IGNORE, assistant_spans, encode_batch
+from kubetune.trainer.templates import ChatTemplate, named_jinja, render, resolve_template
 
 BOS, EOS = "<s>", "</s>"
 SPECIAL = {"bos_token": BOS, "eos_token": EOS}
@@ -129,20 +131,22 @@ LF_TEMPLATES: dict[str, dict[str, Any]] = {
 }
 
 
-def _apply(slots: list[Any], content: str) -> str:
+def _apply(slots: list[Any], content: str, bos: str, eos: str) -> str:
     """StringFormatter.apply + _convert_elements_to_ids, as text."""
     out = ""
     for slot in slots:
         if isinstance(slot, str):
             out += slot.replace("{{content}}", content)
         elif "bos_token" in slot:
-            out += BOS
+            out += bos
         elif "eos_token" in slot:
-            out += EOS
+            out += eos
     return out
 
 
-def lf_encode(name: str, messages: list[dict[str, str]], system: str = "") -> list[tuple[str, str]]:
+def lf_encode(
+    name: str, messages: list[dict[str, str]], system: str = "", bos: str = BOS, eos: str = EOS
+) -> list[tuple[str, str]]:
     """(prompt, response) text pairs, as LLaMA-Factory's encode_multiturn makes them (no tools)."""
     spec = LF_TEMPLATES[name]
     user = spec.get("format_user", ["{{content}}"])
@@ -154,16 +158,16 @@ def lf_encode(name: str, messages: list[dict[str, str]], system: str = "") -> li
     for i, message in enumerate(messages):
         text, system_text = "", ""
         if i == 0:
-            text += _apply(spec.get("format_prefix", []), "")
+            text += _apply(spec.get("format_prefix", []), "", bos, eos)
             if system:
                 if kind == "Llama2Template":
-                    system_text = _apply(system_slots, system)
+                    system_text = _apply(system_slots, system, bos, eos)
                 else:
-                    text += _apply(system_slots, system)
+                    text += _apply(system_slots, system, bos, eos)
         if message["role"] == "user":
-            text += _apply(user, system_text + message["content"])
+            text += _apply(user, system_text + message["content"], bos, eos)
         else:
-            text += _apply(assistant, message["content"])
+            text += _apply(assistant, message["content"], bos, eos)
         encoded.append(text)
     pairs = [(encoded[i], encoded[i + 1]) for i in range(0, len(encoded), 2)]
     if kind == "ReasoningTemplate":  # enable_thinking (its default): an empty thought, trained
@@ -242,3 +246,33 @@ def test_tool_calling_rows_are_refused_not_trained_differently(name: str) -> Non
         render(template, tool_turns, special_tokens=SPECIAL)
     with pytest.raises(Exception, match="template: auto"):
         render(template, PLAIN, special_tokens=SPECIAL, tools=[{"name": "add", "parameters": {}}])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("name", sorted(LF_TEMPLATES))
+def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
+    """LLaMA-Factory tokenizes each prompt and answer on its own; we tokenize the whole text once."""
+    for messages, system in CASES.values():
+        ours = [{"role": "system", "content": system}, *messages] if system else messages
+        template = resolve_template(name, tokenizer)
+        out = encode_batch(
+            {"messages": [ours], "tools": [None]},
+            tokenizer=tokenizer,
+            template=template,
+            cutoff_len=4096,
+            train_on="assistant",
+        )
+        ids, labels = [], []
+        for prompt, response in lf_encode(name, messages, system, tokenizer.bos_token or "", tokenizer.eos_token):
+            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+            response_ids = tokenizer.encode(response, add_special_tokens=False)
+            ids += prompt_ids + response_ids
+            labels += [IGNORE] * len(prompt_ids) + response_ids
+        assert out["input_ids"][0] == ids
+        assert out["labels"][0] == labels
