@@ -181,7 +181,6 @@ def _scheduler(value: Any, draft: Draft) -> None:
 def _max_steps(value: Any, draft: Draft) -> None:
     if value is not None and value > 0:  # -1 (the default) means: by epochs
         draft.set("training.maxSteps", value)
-        draft.spec.get("training", {}).pop("epochs", None)
 
 
 def _epochs(value: Any, draft: Draft) -> None:
