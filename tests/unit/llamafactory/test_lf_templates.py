@@ -1,16 +1,17 @@
-"""Named templates train the text LLaMA-Factory 0.9.5 trains: same conversation text, same answer spans.
+"""Named templates train the text LLaMA-Factory 0.9.5 trains: same conversation text, same answer spans,
+same token ids and labels.
 
-LLaMA-Factory cannot be installed cheaply here, so the reference is written from its source by hand:
-`LF_TEMPLATES` copies each `register_template(...)` of `src/llamafactory/data/template.py` (v0.9.5)
-slot for slot, in LLaMA-Factory's own notation, and `lf_encode` follows `Template._encode`,
-`Llama2Template._encode` and `ReasoningTemplate.encode_multiturn` (with its default
-`enable_thinking: true`) at the text level. Our templates are jinja built from another table
-(`kubetune.trainer.template_layouts`); these tests hold the two together, on the text and answer
-spans, and on token ids and labels with the tiny test tokenizer (which has no bos token).
+The reference is tests/fixtures/llamafactory-0.9.5/golden_templates.json, written by
+scripts/llamafactory-golden-templates.py with LLaMA-Factory's own template code (its
+`Template.encode_multiturn`, piece by piece): for each template and conversation, the (prompt,
+response) text pairs whose response carries loss. Rerun the script after adding a template.
+Our templates are jinja built from `kubetune.trainer.template_layouts`; these tests hold the two
+together, and need no LLaMA-Factory.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,187 +21,39 @@ from kubetune.api import v1alpha1 as api
 from kubetune.trainer.data.tokenize import IGNORE, assistant_spans, encode_batch
 from kubetune.trainer.templates import ChatTemplate, named_jinja, render, resolve_template
 
+GOLDEN = json.loads(
+    (Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory-0.9.5" / "golden_templates.json").read_text(
+        encoding="utf-8"
+    )
+)
+# What the golden file's bos and eos pieces are.
 BOS, EOS = "<s>", "</s>"
 SPECIAL = {"bos_token": BOS, "eos_token": EOS}
-E: set[str] = {"eos_token"}
-B: set[str] = {"bos_token"}
-CHATML = {
-    "format_user": ["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"],
-    "format_assistant": ["{{content}}<|im_end|>\n"],
-    "format_system": ["<|im_start|>system\n{{content}}<|im_end|>\n"],
-}
-GEMMA = {
-    "format_user": ["<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n"],
-    "format_assistant": ["{{content}}<end_of_turn>\n"],
-    "format_system": ["{{content}}\n\n"],
-    "format_prefix": [B],
-    "template_class": "Llama2Template",
-}
-
-# register_template(...) arguments of LLaMA-Factory 0.9.5, slot for slot (tool formatters left out).
-LF_TEMPLATES: dict[str, dict[str, Any]] = {
-    "default": {
-        "format_user": ["Human: {{content}}", E, "\nAssistant:"],
-        "format_assistant": ["{{content}}", E, "\n"],
-        "format_system": ["System: {{content}}", E, "\n"],
-    },
-    "empty": {"format_assistant": ["{{content}}"]},
-    "alpaca": {
-        "format_user": ["### Instruction:\n{{content}}\n\n### Response:\n"],
-        "format_assistant": ["{{content}}", E, "\n\n"],
-        "default_system": "Below is an instruction that describes a task. Write a response that appropriately "
-        "completes the request.\n\n",
-    },
-    "vicuna": {
-        "format_user": ["USER: {{content}} ASSISTANT:"],
-        "default_system": "A chat between a curious user and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-    },
-    "chatml": CHATML,
-    "qwen": {**CHATML, "default_system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."},
-    "qwen2_vl": {**CHATML, "default_system": "You are a helpful assistant."},
-    "qwen3": {**CHATML, "template_class": "ReasoningTemplate"},
-    "qwen3_nothink": CHATML,
-    "qwen3_vl": {**CHATML, "template_class": "ReasoningTemplate"},
-    "qwen3_vl_nothink": CHATML,
-    "qwen3_5": {**CHATML, "template_class": "ReasoningTemplate"},
-    "qwen3_5_nothink": CHATML,
-    "yi": CHATML,
-    "llama2": {
-        "format_user": [B, "[INST] {{content}} [/INST]"],
-        "format_system": ["<<SYS>>\n{{content}}\n<</SYS>>\n\n"],
-        "template_class": "Llama2Template",
-    },
-    "llama3": {
-        "format_user": [
-            "<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n"
-        ],
-        "format_assistant": ["{{content}}<|eot_id|>"],
-        "format_system": ["<|start_header_id|>system<|end_header_id|>\n\n{{content}}<|eot_id|>"],
-        "format_prefix": [B],
-    },
-    "llama4": {
-        "format_user": [
-            "<|header_start|>user<|header_end|>\n\n{{content}}<|eot|><|header_start|>assistant<|header_end|>\n\n"
-        ],
-        "format_assistant": ["{{content}}<|eot|>"],
-        "format_system": ["<|header_start|>system<|header_end|>\n\n{{content}}<|eot|>"],
-        "format_prefix": [B],
-    },
-    "mistral": {
-        "format_user": ["[INST] {{content}}[/INST]"],
-        "format_assistant": [" {{content}}", E],
-        "format_system": ["{{content}}\n\n"],
-        "format_prefix": [B],
-        "template_class": "Llama2Template",
-    },
-    "mistral_small": {
-        "format_user": ["[INST]{{content}}[/INST]"],
-        "format_system": ["[SYSTEM_PROMPT]{{content}}[/SYSTEM_PROMPT]"],
-        "format_prefix": [B],
-    },
-    "gemma": GEMMA,
-    "gemma3": GEMMA,
-    "deepseek": {
-        "format_user": ["User: {{content}}\n\nAssistant:"],
-        "format_system": ["{{content}}\n\n"],
-        "format_prefix": [B],
-    },
-    "deepseek3": {"format_user": ["<｜User｜>{{content}}<｜Assistant｜>"], "format_prefix": [B]},
-    "deepseekr1": {
-        "format_user": ["<｜User｜>{{content}}<｜Assistant｜>"],
-        "format_prefix": [B],
-        "template_class": "ReasoningTemplate",
-    },
-    "phi": {
-        "format_user": ["<|user|>\n{{content}}<|end|>\n<|assistant|>\n"],
-        "format_assistant": ["{{content}}<|end|>\n"],
-        "format_system": ["<|system|>\n{{content}}<|end|>\n"],
-    },
-    "phi4": {
-        "format_user": ["<|im_start|>user<|im_sep|>{{content}}<|im_end|><|im_start|>assistant<|im_sep|>"],
-        "format_assistant": ["{{content}}<|im_end|>"],
-        "format_system": ["<|im_start|>system<|im_sep|>{{content}}<|im_end|>"],
-    },
-    "phi4_mini": {
-        "format_user": ["<|user|>{{content}}<|end|><|assistant|>"],
-        "format_assistant": ["{{content}}<|end|>"],
-        "format_system": ["<|system|>{{content}}<|end|>"],
-    },
-}
+CASES: dict[str, tuple[list[dict[str, str]], str]] = {k: (m, s) for k, (m, s) in GOLDEN["cases"].items()}
+PLAIN = CASES["plain"][0]
 
 
-def _apply(slots: list[Any], content: str, bos: str, eos: str) -> str:
-    """StringFormatter.apply + _convert_elements_to_ids, as text."""
-    out = ""
-    for slot in slots:
-        if isinstance(slot, str):
-            out += slot.replace("{{content}}", content)
-        elif "bos_token" in slot:
-            out += bos
-        elif "eos_token" in slot:
-            out += eos
-    return out
+def golden_pairs(name: str, case: str) -> list[tuple[str, str]]:
+    return [(prompt, response) for prompt, response in GOLDEN["templates"][name][case]]
 
 
-def lf_encode(
-    name: str, messages: list[dict[str, str]], system: str = "", bos: str = BOS, eos: str = EOS
-) -> list[tuple[str, str]]:
-    """(prompt, response) text pairs, as LLaMA-Factory's encode_multiturn makes them (no tools)."""
-    spec = LF_TEMPLATES[name]
-    user = spec.get("format_user", ["{{content}}"])
-    assistant = spec.get("format_assistant", ["{{content}}", E])
-    system_slots = spec.get("format_system", ["{{content}}"])
-    kind = spec.get("template_class", "Template")
-    system = system or spec.get("default_system", "")
-    encoded = []
-    for i, message in enumerate(messages):
-        text, system_text = "", ""
-        if i == 0:
-            text += _apply(spec.get("format_prefix", []), "", bos, eos)
-            if system:
-                if kind == "Llama2Template":
-                    system_text = _apply(system_slots, system, bos, eos)
-                else:
-                    text += _apply(system_slots, system, bos, eos)
-        if message["role"] == "user":
-            text += _apply(user, system_text + message["content"], bos, eos)
-        else:
-            text += _apply(assistant, message["content"], bos, eos)
-        encoded.append(text)
-    pairs = [(encoded[i], encoded[i + 1]) for i in range(0, len(encoded), 2)]
-    if kind == "ReasoningTemplate":  # enable_thinking (its default): an empty thought, trained
-        pairs = [
-            (p, r if "<think>" in m["content"] or "</think>" in m["content"] else "<think>\n\n</think>\n\n" + r)
-            for (p, r), m in zip(pairs, messages[1::2], strict=True)
-        ]
-    return pairs
+def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, *messages] if system else messages
 
 
-PLAIN = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
-MULTI = [*PLAIN, {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "It's 6.\nDone."}]
-THOUGHT = [{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "<think>\nhm\n</think>\n\nBecause."}]
-CASES = {
-    "plain": (PLAIN, ""),
-    "multi-turn": (MULTI, ""),
-    "system": (MULTI, "Be brief."),
-    "with a thought": (THOUGHT, "Be brief."),
-}
-
-
-def test_the_reference_covers_every_named_template() -> None:
-    assert set(LF_TEMPLATES) == set(api.TEMPLATE_NAMES) - {"auto"}
+def test_the_golden_file_covers_every_named_template() -> None:
+    assert GOLDEN["revision"] == "v0.9.5"
+    assert set(GOLDEN["templates"]) == set(api.TEMPLATE_NAMES) - {"auto"}
+    assert all(set(cases) == set(CASES) for cases in GOLDEN["templates"].values())
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("name", sorted(LF_TEMPLATES))
+@pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
 def test_named_template_trains_what_llamafactory_trains(name: str, case: str) -> None:
     messages, system = CASES[case]
-    pairs = lf_encode(name, messages, system)
+    pairs = golden_pairs(name, case)
     template = ChatTemplate(name=name, jinja=named_jinja(name))
-    ours = [{"role": "system", "content": system}, *messages] if system else messages
-    text, spans = assistant_spans(template, ours, None, SPECIAL, "assistant")
+    text, spans = assistant_spans(template, with_system(messages, system), None, SPECIAL, "assistant")
     assert text == "".join(p + r for p, r in pairs)
     expected, pos = [], 0
     for prompt, response in pairs:
@@ -209,7 +62,7 @@ def test_named_template_trains_what_llamafactory_trains(name: str, case: str) ->
     assert spans == expected
 
 
-# A few spelled out in full, so the reference above is checked against the source by eye too.
+# A few spelled out in full, so the golden file is checked against LLaMA-Factory's source by eye too.
 LITERAL = {
     "qwen3": "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>\n",
     "llama2": "<s>[INST] What is 2+2? [/INST]4</s>",
@@ -233,7 +86,7 @@ def test_an_empty_system_turn_falls_back_to_the_default_system_as_in_llamafactor
     assert with_empty == LITERAL["qwen"]
 
 
-@pytest.mark.parametrize("name", sorted(LF_TEMPLATES))
+@pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
 def test_tool_calling_rows_are_refused_not_trained_differently(name: str) -> None:
     template = ChatTemplate(name=name, jinja=named_jinja(name))
     tool_turns = [
@@ -255,11 +108,13 @@ def tokenizer(tiny_model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-@pytest.mark.parametrize("name", sorted(LF_TEMPLATES))
+@pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
 def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
-    """LLaMA-Factory tokenizes each prompt and answer on its own; we tokenize the whole text once."""
-    for messages, system in CASES.values():
-        ours = [{"role": "system", "content": system}, *messages] if system else messages
+    """LLaMA-Factory tokenizes each prompt and answer on its own; we tokenize the whole text once.
+    The tiny tokenizer has no bos token (LLaMA-Factory then adds none) and ends with <|im_end|>."""
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
+    for case, (messages, system) in CASES.items():
+        ours = with_system(messages, system)
         template = resolve_template(name, tokenizer)
         out = encode_batch(
             {"messages": [ours], "tools": [None]},
@@ -269,7 +124,8 @@ def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
             train_on="assistant",
         )
         ids, labels = [], []
-        for prompt, response in lf_encode(name, messages, system, tokenizer.bos_token or "", tokenizer.eos_token):
+        for prompt, response in golden_pairs(name, case):
+            prompt, response = (t.replace(BOS, bos).replace(EOS, eos) for t in (prompt, response))
             prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
             response_ids = tokenizer.encode(response, add_special_tokens=False)
             ids += prompt_ids + response_ids
