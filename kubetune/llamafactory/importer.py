@@ -56,12 +56,12 @@ def import_config(path: str, options: Options) -> str:
                 draft.unmapped[key.name] = _shown(config[key.name]) + (f"  ({key.note})" if key.note else "")
                 continue
             key.apply(config[key.name], draft)
-            if key.differs and key.target.startswith("spec."):
-                draft.comments.setdefault(key.target.split(",")[0].split(":")[0], key.differs)
+            if key.differs and _has(draft.spec, _field(key.target)):
+                draft.comments.setdefault(_field(key.target), key.differs)
         elif key.default is not None and key.apply is not None:
             key.apply(key.default, draft)
-            if " " not in key.target and _has(draft.spec, key.target):
-                draft.comments.setdefault(key.target, "LLaMA-Factory's default")
+            if _has(draft.spec, _field(key.target)):
+                draft.comments.setdefault(_field(key.target), "LLaMA-Factory's default")
         elif key.always and key.apply is not None:
             key.apply(None, draft)
     for name, value in config.items():
@@ -79,7 +79,7 @@ def import_config(path: str, options: Options) -> str:
         "metadata": {"name": _job_name(config, path)},
         "spec": {k: v for k, v in draft.spec.items() if v not in ({}, [], None)},
     }
-    parse_job(doc, path)  # what `kubetune validate` checks; a failure here is the importer's bug
+    parse_job(doc, path)  # what `kubetune validate` checks: values out of our ranges fail here, by field
     return _header(path, draft) + _emit(doc, draft.comments)
 
 
@@ -91,9 +91,16 @@ def _read_config(path: str) -> dict[str, Any]:
     return config
 
 
-def _has(spec: dict[str, Any], target: str) -> bool:
+def _field(target: str) -> str:
+    """The first field a table row names ("spec.training.deepspeed.stage, .offload" -> its stage)."""
+    return target.split(",")[0].split(":")[0]
+
+
+def _has(spec: dict[str, Any], field: str) -> bool:
+    if not field.startswith("spec."):
+        return False
     node: Any = spec
-    for part in target.removeprefix("spec.").split("."):
+    for part in field.removeprefix("spec.").split("."):
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]

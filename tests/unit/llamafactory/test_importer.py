@@ -220,3 +220,20 @@ def test_a_duplicate_key_is_refused_by_the_one_yaml_reader(tmp_path: Path, capsy
 def test_resources_come_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", "llamafactory", *write(tmp_path, MINIMAL), "--nodes", "2", "--gpus-per-node", "8"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["spec"]["resources"] == {"nodes": 2, "gpusPerNode": 8}
+
+
+def test_a_value_out_of_our_ranges_is_reported_by_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", "llamafactory", *write(tmp_path, MINIMAL + "learning_rate: 2.0\n")]) == 1
+    assert "spec.training.learningRate" in capsys.readouterr().err
+
+
+def test_a_key_whose_meaning_differs_is_commented_on_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL + "packing: true\ncutoff_len: 1024\ndeepspeed: examples/deepspeed/ds_z2_offload_config.json\n"
+    assert main(["import", "llamafactory", *write(tmp_path, text)]) == 0
+    out = capsys.readouterr().out
+    assert "packing: true  # packed examples never attend to each other" in out
+    assert "cutoffLen: 1024  # truncation keeps or drops whole turns" in out
+    assert "stage: zero2  # the DeepSpeed config is generated" in out
+    assert yaml.safe_load(out)["spec"]["training"]["deepspeed"] == {"stage": "zero2", "offload": "cpu"}
