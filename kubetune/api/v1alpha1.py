@@ -108,8 +108,36 @@ class DatasetSplit(str, Enum):
 
 
 # Template names follow LLaMA-Factory's. `auto` means the tokenizer's own chat template.
+# auto, then LLaMA-Factory 0.9.5's template names (kubetune.trainer.template_layouts renders them).
 TemplateName = Literal[
-    "auto", "default", "chatml", "qwen", "llama3", "llama2", "mistral", "gemma", "phi", "deepseek", "alpaca"
+    "auto",
+    "default",
+    "empty",
+    "alpaca",
+    "vicuna",
+    "chatml",
+    "qwen",
+    "qwen2_vl",
+    "qwen3",
+    "qwen3_nothink",
+    "qwen3_vl",
+    "qwen3_vl_nothink",
+    "qwen3_5",
+    "qwen3_5_nothink",
+    "yi",
+    "llama2",
+    "llama3",
+    "llama4",
+    "mistral",
+    "mistral_small",
+    "gemma",
+    "gemma3",
+    "deepseek",
+    "deepseek3",
+    "deepseekr1",
+    "phi",
+    "phi4",
+    "phi4_mini",
 ]
 TEMPLATE_NAMES: tuple[str, ...] = get_args(TemplateName)
 
@@ -761,8 +789,8 @@ class FineTuneJobSpec(_Model):
     data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
     template: TemplateName = Field(
         default="auto",
-        description="Chat template: auto (the tokenizer's own) or a named one (chatml, qwen, llama3, llama2, "
-        "mistral, gemma, phi, deepseek, alpaca, default). The exported tokenizer carries the same template.",
+        description="Chat template: auto (the tokenizer's own) or a LLaMA-Factory 0.9.5 template name (qwen, "
+        "qwen3_nothink, llama3, mistral, gemma3, ...). The exported tokenizer carries the same template.",
     )
     method: MethodSpec = Field(default_factory=MethodSpec, description="lora, qlora or full.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="The training loop.")

@@ -117,7 +117,7 @@ def test_examples_pass_the_crd_schema(path: Path) -> None:
         ({"method": {"type": "lora", "lora": {"rank": 0}}}, "minimum"),
         ({"method": {"type": "dora"}}, "is not one of"),
         ({"resources": {"nodes": 0}}, "minimum"),
-        ({"template": "vicuna"}, "is not one of"),
+        ({"template": "vicuna_v2"}, "is not one of"),
         ({"datasets": []}, "non-empty"),
     ],
 )

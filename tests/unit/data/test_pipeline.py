@@ -262,7 +262,8 @@ def test_data_check_command_exit_codes(
         "response=answer",
     ]
     assert main(args) == 0
-    assert "Human: Q?\nAssistant:[[ A.<|endoftext|>\n]]" in capsys.readouterr().out
+    # LLaMA-Factory's `default` template: eos after each turn, the answer right after "Assistant:"
+    assert "Human: Q?<|endoftext|>\nAssistant:[[A.<|endoftext|>\n]]" in capsys.readouterr().out
 
 
 def test_first_conversation_is_the_first_valid_training_row(write_jsonl: Callable[..., Path]) -> None:

@@ -42,24 +42,25 @@ def test_auto_without_a_chat_template_says_which_template_to_pick(base_tokenizer
 def test_named_templates_are_prefix_consistent_and_end_turns_with_a_stop_token(name: str, tokenizer: Any) -> None:
     template = resolve_template(name, tokenizer)
     special = tokenizer.special_tokens_map
-    tools = [{"name": "add", "parameters": {"a": "int"}}]
-    full = render(template, CONVERSATION, special_tokens=special, tools=tools)
-    for i, msg in enumerate(CONVERSATION):
+    # Tool turns are refused by named templates (tests/unit/llamafactory/test_lf_templates.py).
+    conversation = CONVERSATION[:4] + CONVERSATION[-1:]
+    full = render(template, conversation, special_tokens=special)
+    for i, msg in enumerate(conversation):
         if msg["role"] != "assistant":
             continue
-        prompt = render(template, CONVERSATION[:i], special_tokens=special, tools=tools, add_generation_prompt=True)
-        upto = render(template, CONVERSATION[: i + 1], special_tokens=special, tools=tools)
+        prompt = render(template, conversation[:i], special_tokens=special, add_generation_prompt=True)
+        upto = render(template, conversation[: i + 1], special_tokens=special)
         assert full.startswith(upto) and upto.startswith(prompt), name
-        answer = upto[len(prompt) :]
+        answer = upto[len(prompt) :].removeprefix("<think>\n\n</think>\n\n")
         assert answer.strip().startswith(msg["content"]), (name, answer)
-        assert answer.rstrip().endswith(template.stop_tokens[0]), (name, answer)
-    assert "add" in full, "tools are described to the model"
+        if name != "empty":  # LLaMA-Factory's `empty` trains the bare text, no end-of-turn
+            assert answer.rstrip().endswith(template.stop_tokens[0]), (name, answer)
 
 
 def test_rendering_does_not_modify_the_messages(tokenizer: Any) -> None:
-    messages = copy.deepcopy(CONVERSATION)
+    messages = copy.deepcopy(CONVERSATION[:3])
     render(resolve_template("gemma", tokenizer), messages, special_tokens=tokenizer.special_tokens_map)
-    assert messages == CONVERSATION
+    assert messages == CONVERSATION[:3]
 
 
 def test_apply_to_writes_the_template_and_the_stop_token_into_the_tokenizer(base_tokenizer: Any) -> None:
@@ -88,4 +89,4 @@ def test_stop_tokens_missing_from_the_vocabulary_are_reported(tokenizer: Any) ->
 
 def test_unknown_template_name_lists_the_choices(tokenizer: Any) -> None:
     with pytest.raises(TemplateError, match="chatml"):
-        resolve_template("vicuna", tokenizer)
+        resolve_template("vicuna_v2", tokenizer)

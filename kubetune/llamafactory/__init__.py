@@ -1,0 +1,1 @@
+"""Coming from LLaMA-Factory: its keys (`keys.KEYS`, the one table) and `kubetune import llamafactory`."""
