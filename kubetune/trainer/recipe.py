@@ -29,6 +29,7 @@ from kubetune.trainer.checkpoints import (
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
 from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
+from kubetune.trainer.preflight import check_storage
 from kubetune.trainer.progress import ProgressCallback, ProgressSink, progress_event
 
 log = logging.getLogger("kubetune.trainer")
@@ -54,6 +55,7 @@ def run(config_path: str) -> int:
     try:
         cfg = load_run_config(config_path)
         if cfg.dist.is_main:
+            check_storage(cfg)
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
         log.info("kubetune trainer: %s", json.dumps(cfg.summary()))
