@@ -71,6 +71,7 @@ class S3Server:
     region: str = "us-east-1"
     data_dir: str | None = None
     port: int = 0
+    _ports: list[int] = field(default_factory=list, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tmp: str | None = field(default=None, repr=False)
 
@@ -114,7 +115,8 @@ class S3Server:
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         last_error = ""
         for _attempt in range(3):
-            ports = _free_ports(len(_PORT_FLAGS) + 1)
+            # Started again after stop(keep_data=True), it keeps its ports: clients find it where it was.
+            ports = self._ports or _free_ports(len(_PORT_FLAGS) + 1)
             self.port = ports[0]
             args = [
                 find_weed(),
@@ -134,6 +136,7 @@ class S3Server:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             log.close()
             if self._wait_ready(timeout):
+                self._ports = ports
                 return self
             last_error = (Path(self.data_dir) / "weed.log").read_text(errors="replace")[-2000:]
             self.stop(keep_data=True)

@@ -5,27 +5,36 @@ always come from the environment or the ambient chain (IRSA, instance profile): 
 AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY from the job's Secret through secretKeyRef, never from a
 config file. No client is created at import time.
 
-Every failure is a `StorageError` whose message is one line saying what failed and what to do.
+Every failure is a `StorageError` whose message is one line saying what failed and what to do,
+and which says whether it is permanent; transient S3 failures are retried first (errors.py). Many
+files move through one s3transfer manager (transfer.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
+
+from kubetune.storage.errors import RETRY_ENV, StorageError, retry_seconds, retrying
+from kubetune.storage.transfer import RemoteFile, download_files, upload_files
 
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import StorageSpec
 
 __all__ = [
+    "RETRY_ENV",
     "StorageError",
     "StorageOptions",
     "UploadedFile",
+    "check_readable",
+    "check_writable",
     "delete_prefix",
     "download",
     "download_dir",
@@ -34,6 +43,7 @@ __all__ = [
     "join",
     "list_files",
     "read_bytes",
+    "retry_seconds",
     "sha256_file",
     "split_s3",
     "upload_dir",
@@ -41,13 +51,7 @@ __all__ = [
     "write_bytes",
 ]
 
-_MULTIPART_THRESHOLD = 64 * 1024 * 1024
-_MULTIPART_CHUNK = 64 * 1024 * 1024
-_WORKERS = 8
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed; str() is one actionable line."""
+_COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ class StorageOptions:
             return cls()
         return cls(endpoint_url=spec.endpoint, region=spec.region, addressing_style=spec.addressing_style)
 
-    def client(self) -> Any:
+    def client(self, pool: int = 10) -> Any:
+        """A new client whose connection pool holds `pool` connections (one per thread that uses it)."""
         import boto3
         from botocore.config import Config
 
@@ -73,7 +78,7 @@ class StorageOptions:
             s3={"addressing_style": self.addressing_style},
             connect_timeout=10,
             read_timeout=120,
-            max_pool_connections=_WORKERS * 2,
+            max_pool_connections=pool,
         )
         endpoint = self._endpoint()
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -131,92 +136,69 @@ def join(uri: str, *parts: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------
-
-
-def _explain(exc: BaseException, action: str, uri: str, opts: StorageOptions) -> StorageError:
-    """One line a user can act on, from whatever boto3/botocore/OS raised."""
-    from botocore import exceptions as bx
-
-    if isinstance(exc, StorageError):
-        return exc
-    if isinstance(exc, bx.NoCredentialsError):
-        return StorageError(
-            f"cannot {action} {uri}: no S3 credentials found; set spec.storage.credentialsSecret "
-            "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY locally), or give the pod an IAM identity"
-        )
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError):
-        return StorageError(
-            f"cannot {action} {uri}: S3 endpoint {opts.where} is unreachable ({type(exc).__name__}); "
-            "check spec.storage.endpoint and the network path from the pod"
-        )
-    if isinstance(exc, bx.ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"} or status == 403:
-            return StorageError(
-                f"cannot {action} {uri}: access denied by {opts.where} ({code or status}); "
-                "check the credentials Secret and the bucket policy"
-            )
-        if code in {"NoSuchBucket"}:
-            return StorageError(f"cannot {action} {uri}: bucket does not exist; create it or fix the URI")
-        if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
-            return StorageError(f"cannot {action} {uri}: not found; check the URI")
-        return StorageError(f"cannot {action} {uri}: S3 error {code or status}: {exc}")
-    if isinstance(exc, FileNotFoundError):
-        return StorageError(f"cannot {action} {uri}: no such file or directory")
-    if isinstance(exc, PermissionError):
-        return StorageError(f"cannot {action} {uri}: permission denied")
-    if isinstance(exc, OSError):
-        return StorageError(f"cannot {action} {uri}: {exc.strerror or exc}")
-    return StorageError(f"cannot {action} {uri}: {type(exc).__name__}: {exc}")
-
-
-# --------------------------------------------------------------------------------------------
-# Operations
+# Operations (each retried on transient S3 failures, see errors.py)
 # --------------------------------------------------------------------------------------------
 
 
 def list_files(uri: str, opts: StorageOptions | None = None) -> list[str]:
     """Every file under a prefix (or the file itself), as URIs/paths of the same kind, sorted."""
     opts = opts or StorageOptions()
-    try:
-        if not is_remote(uri):
-            path = _local_path(uri)
-            if path.is_file():
-                return [uri]
-            if not path.exists():
-                return []
-            base = uri.rstrip("/")
-            return sorted(join(base, str(p.relative_to(path))) for p in path.rglob("*") if p.is_file())
-        bucket, key = split_s3(uri)
+    if is_remote(uri):
+        return [f.uri for f in _list_remote(uri, opts)]
+
+    def local() -> list[str]:
+        path = _local_path(uri)
+        if path.is_file():
+            return [uri]
+        if not path.exists():
+            return []
+        base = uri.rstrip("/")
+        return sorted(join(base, str(p.relative_to(path))) for p in path.rglob("*") if p.is_file())
+
+    return retrying(local, "list", uri, opts)
+
+
+def _list_remote(uri: str, opts: StorageOptions) -> list[RemoteFile]:
+    bucket, key = split_s3(uri)
+
+    def listing() -> list[RemoteFile]:
         client = opts.client()
-        found: list[str] = []
+        prefix = key
         # An exact object first (s3://b/data.jsonl), else everything under the prefix.
         if key and not key.endswith("/"):
-            try:
-                client.head_object(Bucket=bucket, Key=key)
-                return [uri]
-            except Exception as exc:  # a 404 here only means "not a single object"
-                from botocore.exceptions import ClientError
-
-                if not (isinstance(exc, ClientError) and _status(exc) == 404):
-                    raise
-            key += "/"
-        paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=key):
+            head = _head(client, bucket, key)
+            if head is not None:
+                return [RemoteFile(bucket, key, int(head["ContentLength"]), head["ETag"])]
+            prefix += "/"
+        found = []
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):
-                    found.append(f"s3://{bucket}/{obj['Key']}")
-        return sorted(found)
-    except Exception as exc:
-        raise _explain(exc, "list", uri, opts) from exc
+                    found.append(RemoteFile(bucket, obj["Key"], int(obj["Size"]), obj["ETag"]))
+        return sorted(found, key=lambda f: f.key)
+
+    return retrying(listing, "list", uri, opts)
 
 
-def _status(exc: Any) -> int | None:
-    status: int | None = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return status
+def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's metadata, or None when there is no such key (a bucket that is missing raises)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        head: dict[str, Any] = client.head_object(Bucket=bucket, Key=key)
+        return head
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
+            raise
+    try:  # HEAD answers a bare 404 for both: tell a missing bucket from a missing key
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            raise StorageError(
+                f"cannot read s3://{bucket}/{key}: bucket {bucket} does not exist", "create it or fix the URI"
+            ) from None
+        raise
+    return None
 
 
 def exists(uri: str, opts: StorageOptions | None = None) -> bool:
@@ -224,32 +206,26 @@ def exists(uri: str, opts: StorageOptions | None = None) -> bool:
     if not is_remote(uri):
         return _local_path(uri).exists()
     bucket, key = split_s3(uri)
-    try:
-        opts.client().head_object(Bucket=bucket, Key=key)
-        return True
-    except Exception as exc:
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError) and _status(exc) == 404:
-            return False
-        raise _explain(exc, "check", uri, opts) from exc
+    return retrying(lambda: _head(opts.client(), bucket, key) is not None, "check", uri, opts)
 
 
 def read_bytes(uri: str, opts: StorageOptions | None = None) -> bytes:
     opts = opts or StorageOptions()
-    try:
+
+    def read() -> bytes:
         if not is_remote(uri):
             return _local_path(uri).read_bytes()
         bucket, key = split_s3(uri)
         body: bytes = opts.client().get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
-    except Exception as exc:
-        raise _explain(exc, "read", uri, opts) from exc
+
+    return retrying(read, "read", uri, opts)
 
 
 def write_bytes(uri: str, data: bytes, opts: StorageOptions | None = None) -> None:
     opts = opts or StorageOptions()
-    try:
+
+    def write() -> None:
         if not is_remote(uri):
             path = _local_path(uri)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,139 +235,191 @@ def write_bytes(uri: str, data: bytes, opts: StorageOptions | None = None) -> No
             return
         bucket, key = split_s3(uri)
         opts.client().put_object(Bucket=bucket, Key=key, Body=data)
-    except Exception as exc:
-        raise _explain(exc, "write", uri, opts) from exc
+
+    retrying(write, "write", uri, opts)
 
 
-def _transfer_config() -> Any:
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(
-        multipart_threshold=_MULTIPART_THRESHOLD,
-        multipart_chunksize=_MULTIPART_CHUNK,
-        max_concurrency=_WORKERS,
-        use_threads=True,
-    )
-
-
-def download(uri: str, dest: str | Path, opts: StorageOptions | None = None, client: Any = None) -> Path:
+def download(uri: str, dest: str | Path, opts: StorageOptions | None = None) -> Path:
     """Copy one file to `dest` (atomically: a partial download never has the final name)."""
     opts = opts or StorageOptions()
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".partial")
-    try:
-        if not is_remote(uri):
-            shutil.copyfile(_local_path(uri), tmp)
-        else:
-            bucket, key = split_s3(uri)
-            (client or opts.client()).download_file(bucket, key, str(tmp), Config=_transfer_config())
-        tmp.replace(dest)
+    if is_remote(uri):
+        files = _list_remote(uri, opts)
+        if [f.uri for f in files] != [uri]:
+            raise StorageError(f"cannot download {uri}: not found", "check the URI")
+        download_files([(files[0], dest)], opts)
         return dest
-    except Exception as exc:
-        tmp.unlink(missing_ok=True)
-        raise _explain(exc, "download", uri, opts) from exc
+    retrying(lambda: _copy_local(_local_path(uri), dest), "download", uri, opts)
+    return dest
 
 
 def download_dir(uri: str, dest_dir: str | Path, opts: StorageOptions | None = None) -> Path:
-    """Copy every file under a prefix into `dest_dir`, keeping relative paths; files in parallel."""
+    """Copy every file under a prefix into `dest_dir`, keeping relative paths."""
     opts = opts or StorageOptions()
     dest_dir = Path(dest_dir)
-    files = list_files(uri, opts)
-    if not files:
-        raise StorageError(f"cannot download {uri}: nothing found under it; check the URI")
     base = uri.rstrip("/") + "/"
-    client = opts.client() if is_remote(uri) else None
 
-    def one(src: str) -> Path:
-        rel = src[len(base) :] if src.startswith(base) else src.rsplit("/", 1)[-1]
-        return download(src, dest_dir / rel, opts, client)
+    def local_name(src: str) -> Path:
+        return dest_dir / (src[len(base) :] if src.startswith(base) else src.rsplit("/", 1)[-1])
 
-    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-        list(pool.map(one, files))
+    if is_remote(uri):
+        remote = _list_remote(uri, opts)
+        _found_something(remote, uri)
+        download_files([(f, local_name(f.uri)) for f in remote], opts)
+        return dest_dir
+    files = list_files(uri, opts)
+    _found_something(files, uri)
+    for src in files:
+        retrying(partial(_copy_local, _local_path(src), local_name(src)), "download", src, opts)
     return dest_dir
+
+
+def _found_something(files: list[Any], uri: str) -> None:
+    if not files:
+        raise StorageError(f"cannot download {uri}: nothing found under it", "check the URI")
 
 
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(_COPY_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def upload_file(path: str | Path, uri: str, opts: StorageOptions | None = None, client: Any = None) -> UploadedFile:
-    """Upload one file (multipart and parallel above 64 MiB) and verify the stored size.
-
-    Integrity in transit is checked by botocore's default flexible checksums (CRC32 per request,
-    verified by the server); the file's sha256 is stored as object metadata for later checks.
-    """
-    opts = opts or StorageOptions()
-    path = Path(path)
+def _copy_local(src: Path, dest: Path) -> str:
+    """Copy through a temporary name (readers never see half a file); returns the sha256 of what was copied."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    digest = hashlib.sha256()
     try:
-        size = path.stat().st_size
-        digest = sha256_file(path)
-        if not is_remote(uri):
-            dest = _local_path(uri)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".partial")
-            shutil.copyfile(path, tmp)
-            tmp.replace(dest)
-            stored = dest.stat().st_size
-        else:
-            bucket, key = split_s3(uri)
-            client = client or opts.client()
-            client.upload_file(
-                str(path), bucket, key, Config=_transfer_config(), ExtraArgs={"Metadata": {"sha256": digest}}
-            )
-            stored = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
-        if stored != size:
-            raise StorageError(f"cannot upload {path} to {uri}: stored size {stored} != local size {size}")
-        return UploadedFile(uri=uri, size=size, sha256=digest)
-    except Exception as exc:
-        raise _explain(exc, "upload to", uri, opts) from exc
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            for chunk in iter(lambda: fin.read(_COPY_CHUNK), b""):
+                digest.update(chunk)
+                fout.write(chunk)
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest.hexdigest()
+
+
+def upload_file(path: str | Path, uri: str, opts: StorageOptions | None = None) -> UploadedFile:
+    """Upload one file (multipart and parallel when large); returns its size and sha256."""
+    return _upload([(Path(path), uri)], uri, opts or StorageOptions())[0]
 
 
 def upload_dir(local_dir: str | Path, uri: str, opts: StorageOptions | None = None) -> list[UploadedFile]:
-    """Upload a directory tree under `uri`, files in parallel; returns what was stored, sorted."""
-    opts = opts or StorageOptions()
+    """Upload a directory tree under `uri`, all files through one transfer; returns what was stored, sorted."""
     local_dir = Path(local_dir)
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-    client = opts.client() if is_remote(uri) else None
+    return _upload([(p, join(uri, p.relative_to(local_dir).as_posix())) for p in files], uri, opts or StorageOptions())
 
-    def one(p: Path) -> UploadedFile:
-        return upload_file(p, join(uri, p.relative_to(local_dir).as_posix()), opts, client)
 
-    with concurrent.futures.ThreadPoolExecutor(_WORKERS) as pool:
-        return sorted(pool.map(one, files), key=lambda u: u.uri)
+def _upload(files: list[tuple[Path, str]], uri: str, opts: StorageOptions) -> list[UploadedFile]:
+    if is_remote(uri):
+        return upload_files(files, opts)
+
+    def copy(path: Path, dest: str) -> UploadedFile:
+        size = path.stat().st_size
+        return UploadedFile(uri=dest, size=size, sha256=_copy_local(path, _local_path(dest)))
+
+    return sorted((retrying(partial(copy, p, dest), "upload to", dest, opts) for p, dest in files), key=lambda u: u.uri)
 
 
 def delete_prefix(uri: str, opts: StorageOptions | None = None) -> None:
     """Delete a file or everything under a prefix."""
     opts = opts or StorageOptions()
-    try:
-        if not is_remote(uri):
+    if not is_remote(uri):
+
+        def local() -> None:
             path = _local_path(uri)
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-            return
-        bucket, key = split_s3(uri)
+
+        retrying(local, "delete", uri, opts)
+        return
+    bucket, key = split_s3(uri)
+    prefix = key if key.endswith("/") or not key else key + "/"
+    keys = [f.key for f in _list_remote(f"s3://{bucket}/{prefix}", opts)]
+    if key and not key.endswith("/") and exists(uri, opts):
+        keys.append(key)
+
+    def delete(batch: list[str]) -> None:
+        response = opts.client().delete_objects(
+            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+        )
+        errors = response.get("Errors") or []
+        if errors:  # a 200 response can still carry per-key failures
+            first = errors[0]
+            raise StorageError(
+                f"cannot delete {len(errors)} object(s) under {uri}: s3://{bucket}/{first.get('Key')}: "
+                f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
+                "check the credentials' delete permission and the bucket policy",
+            )
+
+    for start in range(0, len(keys), 1000):
+        retrying(partial(delete, keys[start : start + 1000]), "delete", uri, opts)
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-flight checks: fail before training, not after it
+# --------------------------------------------------------------------------------------------
+
+
+def check_writable(uri: str, opts: StorageOptions | None = None) -> None:
+    """The bucket exists (asked explicitly: some servers create a misspelled one on the first write)
+    and a probe object can be written and deleted under `uri`; or, for a path, the directory can be
+    created and written."""
+    opts = opts or StorageOptions()
+    probe = join(uri, f".kubetune-write-check-{uuid.uuid4().hex}")
+    if not is_remote(uri):
+
+        def local() -> None:
+            path = _local_path(probe)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+            path.unlink()
+
+        retrying(local, "write to", uri, opts)
+        return
+    bucket, key = split_s3(probe)
+
+    def remote() -> None:
+        from botocore.exceptions import ClientError
+
         client = opts.client()
-        prefix = key if key.endswith("/") or not key else key + "/"
-        keys = [f.split("/", 3)[3] for f in list_files(f"s3://{bucket}/{prefix}", opts)]
-        if key and not key.endswith("/") and exists(uri, opts):
-            keys.append(key)
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-            errors = response.get("Errors") or []
-            if errors:  # a 200 response can still carry per-key failures
-                first = errors[0]
+        try:
+            client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 raise StorageError(
-                    f"cannot delete {len(errors)} object(s) under {uri}: s3://{bucket}/{first.get('Key')}: "
-                    f"{first.get('Code')} {first.get('Message', '')}".rstrip()
-                )
-    except Exception as exc:
-        raise _explain(exc, "delete", uri, opts) from exc
+                    f"cannot write to {uri}: bucket {bucket} does not exist", "create it or fix the URI"
+                ) from None
+            raise
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+        client.delete_object(Bucket=bucket, Key=key)
+
+    retrying(remote, "write to", uri, opts)
+
+
+def check_readable(uri: str, opts: StorageOptions | None = None) -> None:
+    """Something is under `uri` and its first file can be read (listing and reading are separate rights)."""
+    opts = opts or StorageOptions()
+    if not is_remote(uri):
+        files = list_files(uri, opts)
+        if not files:
+            raise StorageError(f"cannot read {uri}: no such file or directory", "check the path and its volume")
+        retrying(lambda: _local_path(files[0]).open("rb").close(), "read", files[0], opts)
+        return
+    remote = _list_remote(uri, opts)
+    if not remote:
+        raise StorageError(f"cannot read {uri}: nothing found under it", "check the URI")
+    first = remote[0]
+    retrying(
+        lambda: opts.client().get_object(Bucket=first.bucket, Key=first.key, Range="bytes=0-0")["Body"].read(),
+        "read",
+        first.uri,
+        opts,
+    )

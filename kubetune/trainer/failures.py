@@ -17,15 +17,22 @@ from enum import IntEnum
 class ExitCode(IntEnum):
     INTERNAL = 1
     CONFIG = 2  # the FineTuneJob or its data is wrong: retrying will not help
-    STORAGE = 3
+    STORAGE = 3  # wrong credentials, a missing bucket or key, an unwritable path: retrying will not help
     MODEL = 4
     OOM = 5
     NAN = 6
     EXPORT = 7
+    # S3 kept failing transiently (unreachable, 5xx, throttling) for the whole KUBETUNE_STORAGE_RETRY_S.
+    STORAGE_UNAVAILABLE = 8
     INTERRUPTED = 130  # Ctrl-C on a local run
     # 128 + SIGTERM: Kubeflow's ExitCode restart policy treats it as retryable, so a preempted pod
     # comes back and resumes from the checkpoint it just saved.
     PREEMPTED = 143
+
+
+# Retrying reruns the same spec on the same data and storage: these fail the same way again. The
+# launcher (launch.py) passes them through as the container's exit code; every other failure exits 143.
+PERMANENT = frozenset({ExitCode.CONFIG, ExitCode.STORAGE, ExitCode.MODEL, ExitCode.OOM, ExitCode.NAN, ExitCode.EXPORT})
 
 
 class TrainerError(Exception):
@@ -80,12 +87,11 @@ def classify(exc: BaseException) -> TrainerError:
             f"invalid training data ({one_line(str(exc), 600)})",
             "fix the rows named above, or set data.invalidRows: skip",
         )
-    if name == "StorageError":
-        return TrainerError(
-            ExitCode.STORAGE,
-            f"object storage failed ({one_line(str(exc), 600)})",
-            "check storage.endpoint, the credentials Secret, the bucket name and that the bucket is reachable",
-        )
+    if name == "StorageError":  # its message already names the backend and what to check there
+        what, todo = one_line(getattr(exc, "what", str(exc)), 600), getattr(exc, "todo", "")
+        if getattr(exc, "permanent", True):
+            return TrainerError(ExitCode.STORAGE, what, todo or "check the URI and its access rights")
+        return TrainerError(ExitCode.STORAGE_UNAVAILABLE, what, f"{todo}; the job is retried" if todo else "retried")
     return TrainerError(
         ExitCode.INTERNAL,
         f"unexpected {name}: {one_line(str(exc), 600)}",

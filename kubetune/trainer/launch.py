@@ -11,8 +11,8 @@ the code tells people and the operator what failed rather than steering the rest
 | outcome | exit |
 |---|---|
 | success | 0 |
-| invalid spec or data (2), model (4), out of memory (5), NaN loss (6), export check (7) | that code |
-| preempted (SIGTERM), object storage (3), unexpected error (1), worker killed without a code | 143 |
+| bad spec or data (2), storage refused (3), model (4), OOM (5), NaN loss (6), export check (7) | that code |
+| preempted (SIGTERM), storage unavailable (8), unexpected error (1), worker killed without a code | 143 |
 | Ctrl-C on a local run | 130 |
 
 SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes them to its workers
@@ -38,10 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from kubetune.trainer.failures import ExitCode
+from kubetune.trainer.failures import PERMANENT, ExitCode
 
-# Retrying reruns the same spec on the same data: these fail the same way again.
-PERMANENT = frozenset({ExitCode.CONFIG, ExitCode.MODEL, ExitCode.OOM, ExitCode.NAN, ExitCode.EXPORT})
 RETRYABLE = int(ExitCode.PREEMPTED)
 NOT_FOUND = 127
 

@@ -32,6 +32,7 @@ from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
 from kubetune.trainer.launch import die_with_parent
 from kubetune.trainer.manifest import finished_manifest
+from kubetune.trainer.preflight import check_storage
 from kubetune.trainer.progress import ProgressCallback, ProgressSink, progress_event
 
 log = logging.getLogger("kubetune.trainer")
@@ -64,6 +65,7 @@ def run(config_path: str) -> int:
             log.info("already finished: %s records this spec's result; nothing to do", cfg.output.manifest)
             return 0
         if cfg.dist.is_main:
+            check_storage(cfg)
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
         log.info("kubetune trainer: %s", json.dumps(cfg.summary()))

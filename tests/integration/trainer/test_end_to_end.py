@@ -120,7 +120,8 @@ def test_bad_input_fails_with_one_line(failure, s3_server, tiny_model_dir, chat_
         env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
     elif failure == "unreachable-s3":
         env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # discard port: nothing listens
-        says = "unreachable"
+        env["KUBETUNE_STORAGE_RETRY_S"] = "3"  # retried this long, then retryable (8, the pod's 143)
+        code, says = 8, "unreachable"
     else:
         model, code, says = str(tmp_path / "no-such-model"), 4, "no model at"
     manifest = job("fail", model, str(chat_data), f"s3://kt-fail/{failure}/", storage={"addressingStyle": "path"})

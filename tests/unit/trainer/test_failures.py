@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ def test_finite_loss_passes(loss):
     ("exc", "code"),
     [
         (StorageError("cannot read s3://b/x: access denied"), ExitCode.STORAGE),
+        (StorageError("cannot read s3://b/x: unreachable", permanent=False), ExitCode.STORAGE_UNAVAILABLE),
         (MemoryError(), ExitCode.OOM),
         (RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"), ExitCode.OOM),
         (KeyError("boom"), ExitCode.INTERNAL),
@@ -73,7 +75,8 @@ def test_each_failing_rank_appends_its_line(tmp_path, monkeypatch):
         (1, [6], False, 6),
         (1, [7], False, 7),
         (1, [143, 143], False, 143),  # preempted
-        (1, [3], False, 143),  # storage blip: retry
+        (1, [3], False, 3),  # storage refused (credentials, missing bucket): permanent
+        (1, [8], False, 143),  # storage unavailable after the retry budget: retry
         (1, [1], False, 143),  # unknown/internal: retry
         (1, [], False, 143),  # a worker killed by a signal (node loss, OOM killer) leaves no code
         (-9, [], False, 143),
@@ -98,3 +101,72 @@ def test_failing_rank_leaves_its_code_for_the_launcher(tmp_path, monkeypatch, ca
     monkeypatch.setenv("RANK", "0")
     write_failure(classify(RuntimeError("gloo connection closed")))
     assert sorted(read_rank_codes(tmp_path)) == [1, 2]
+
+
+def test_storage_advice_is_the_backends_own(tmp_path):
+    """A local path gets no S3 endpoint advice; an S3 refusal is not blamed on the data rows."""
+    from kubetune import storage
+
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(StorageError) as local:
+        storage.write_bytes(str(tmp_path / "a-file" / "out" / "x.json"), b"{}")
+    line = classify(local.value).line
+    assert classify(local.value).code is ExitCode.STORAGE
+    assert "regular file" in line and "endpoint" not in line and "fix the rows" not in line
+
+
+# --------------------------------------------------------------------------------------------
+# docs/trainer.md's failure table is checked against the classifier and the launcher
+# --------------------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "trainer.md"
+
+
+def _failure_table() -> list[tuple[int, str, int, str]]:
+    text = DOCS.read_text()
+    start = text.index("| exit | cause | container exit | kind |")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        code, cause, container, kind = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append((int(code), cause, int(container), kind))
+    return rows
+
+
+def _example(code: ExitCode) -> BaseException:
+    """An exception that each exit code stands for, as the trainer meets it."""
+    from kubetune.api.validation import Problem, SpecError
+
+    return {
+        ExitCode.INTERNAL: KeyError("boom"),
+        ExitCode.CONFIG: SpecError([Problem("spec.model", "required field is missing")]),
+        ExitCode.STORAGE: StorageError("cannot read s3://b/x: access denied", "check the credentials Secret"),
+        ExitCode.MODEL: TrainerError(ExitCode.MODEL, "no model at /m", "check spec.model.source"),
+        ExitCode.OOM: MemoryError(),
+        ExitCode.NAN: TrainerError(ExitCode.NAN, "training loss is nan at step 5", "lower the learning rate"),
+        ExitCode.EXPORT: TrainerError(ExitCode.EXPORT, "export check failed", "check the template"),
+        ExitCode.STORAGE_UNAVAILABLE: StorageError("cannot read s3://b/x: unreachable", "wait", permanent=False),
+        ExitCode.INTERRUPTED: KeyboardInterrupt(),
+        ExitCode.PREEMPTED: TrainerError(ExitCode.PREEMPTED, "stopped by SIGTERM at step 3", "resumes"),
+    }[code]
+
+
+def test_failure_table_in_the_docs_is_what_the_code_does():
+    from kubetune.trainer.failures import PERMANENT
+    from kubetune.trainer.launch import container_exit_code
+
+    rows = _failure_table()
+    assert sorted(code for code, *_ in rows) == sorted(int(c) for c in ExitCode)  # every code, once
+    for code, cause, container, kind in rows:
+        exit_code = ExitCode(code)
+        assert classify(_example(exit_code)).code is exit_code, cause
+        assert container_exit_code(1, [code]) == container, cause
+        expected = (
+            "local" if exit_code is ExitCode.INTERRUPTED else "permanent" if exit_code in PERMANENT else "retryable"
+        )
+        assert kind == expected, cause
+        if kind == "retryable":
+            assert container in {130, 137, 138, 143}  # what Kubeflow's ExitCode policy restarts
+        if kind == "permanent":
+            assert container == code and 1 <= container <= 127
