@@ -792,6 +792,13 @@ class FineTuneJobSpec(_Model):
         pattern=LABEL_VALUE_PATTERN,
     )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
+    backend: Literal["auto", "trainjob", "pytorchjob"] = Field(
+        default="auto",
+        description="What runs the training pods: trainjob (Kubeflow Trainer v2 TrainJob), pytorchjob (Kubeflow "
+        "Training Operator v1 PyTorchJob), or auto: the operator's default (Helm value operator.defaultBackend), "
+        "which when itself auto is TrainJob where the trainjobs.trainer.kubeflow.org API is served, else "
+        "PyTorchJob. The choice is recorded in status.backend when the job is created.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -891,7 +898,11 @@ class FineTuneJobStatus(_Model):
     )
     conditions: list[Condition] | None = Field(default=None, description="metav1.Condition-shaped conditions.")
     observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.")
-    pytorch_job: str | None = Field(default=None, description="Name of the child Kubeflow PyTorchJob.")
+    backend: str | None = Field(
+        default=None, description="What runs the pods, chosen when the job was created: trainjob or pytorchjob."
+    )
+    pytorch_job: str | None = Field(default=None, description="Name of the child Kubeflow PyTorchJob (pytorchjob).")
+    train_job: str | None = Field(default=None, description="Name of the child Kubeflow TrainJob (trainjob).")
     start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
     completion_time: str | None = Field(default=None, description="When the job finished (RFC 3339).")
     progress: Progress | None = Field(default=None, description="Training progress.")

@@ -22,7 +22,7 @@ from kubetune.api.validation import SpecError, parse_job
 from kubetune.operator import status as st
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
-from kubetune.render import RenderSettings, build_children, cluster_problems, pytorchjob_name
+from kubetune.render import RenderSettings, build_children, cluster_problems, job_name
 
 CRD_MISSING = (
     "The PyTorchJob API (pytorchjobs.kubeflow.org/v1) is not installed in this cluster. Install the "
@@ -104,7 +104,7 @@ class Reconciler:
             )
             self._patch_status(body, st.status_patch(status, failed))
             raise kopf.TemporaryError(message, delay=backoff(retry)) from exc
-        pj_name = pytorchjob_name(body["metadata"]["name"])
+        pj_name = job_name(body["metadata"]["name"])
         created_status = st.created_status(pj_name, body["metadata"].get("generation"), status, now_rfc3339())
         self._patch_status(body, st.status_patch(status, created_status))
         if created and recreate:
@@ -119,7 +119,7 @@ class Reconciler:
         if not awaiting_result(body.get("status") or {}):
             return False
         meta = body["metadata"]
-        return self.kube.get_pytorchjob(meta["namespace"], pytorchjob_name(meta["name"])) is None
+        return self.kube.get_pytorchjob(meta["namespace"], job_name(meta["name"])) is None
 
     def _refuse_invalid(self, body: dict[str, Any], problems: list[str]) -> None:
         """Failed/InvalidSpec. The status follows every edit (observedGeneration: Argo CD and Flux
@@ -171,7 +171,7 @@ class Reconciler:
     def propagate_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         with self.metrics.reconcile("suspend"):
             body = self.kube.get_finetunejob(namespace, name)
-            pj_name = pytorchjob_name(name)
+            pj_name = job_name(name)
             pj = self.kube.get_pytorchjob(namespace, pj_name) if body else None
             if body is None or pj is None or not _owned_by(pj, body["metadata"].get("uid")):
                 return  # not created yet: it will be rendered with the current spec.suspend
@@ -194,7 +194,7 @@ class Reconciler:
             if (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
             status = body.get("status") or {}
-            pj_name = pytorchjob_name(name)
+            pj_name = job_name(name)
             uid = body["metadata"].get("uid")
             pj = self.kube.get_pytorchjob(namespace, pj_name) if status.get("pytorchJob") else None
             if pj is None and status.get("pytorchJob") and status.get("phase") not in c.FINISHED:
