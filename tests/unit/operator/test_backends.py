@@ -92,6 +92,7 @@ def test_auto_prefers_trainjob_and_an_explicit_backend_waits_for_its_own_api() -
     neither = backends.missing_message("auto")
     assert "Kubeflow Trainer v2.3" in neither and "Training Operator v1.9" in neither
     assert backends.missing_reason("trainjob") == "TrainJobCRDMissing"
+    assert backends.missing_reason("auto") == "PyTorchJobCRDMissing"  # the reason it always had
 
 
 def test_jobs_made_before_status_backend_existed_are_pytorchjobs() -> None:
