@@ -47,9 +47,9 @@ CONDITION_TYPES = (VALIDATED, CREATED, SPEC_APPLIED, RUNNING, SUSPENDED, SUCCEED
 # a failed pod's container reason (OOMKilled) replaces JobFailed when known.
 REASON_VALID = "Valid"
 REASON_INVALID_SPEC = "InvalidSpec"
+# PyTorchJobCRDMissing also when spec.backend is auto and neither API is served (the message names both).
 REASON_CRD_MISSING = "PyTorchJobCRDMissing"
 REASON_TRAINJOB_CRD_MISSING = "TrainJobCRDMissing"
-REASON_NO_TRAINING_API = "TrainingAPIMissing"  # spec.backend auto, and neither is served
 REASON_CREATE_FAILED = "CreateFailed"
 REASON_CREATED = "Created"
 REASON_RECREATED = "Recreated"

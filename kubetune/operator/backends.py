@@ -99,7 +99,7 @@ def missing_message(requested: str) -> str:
 
 
 def missing_reason(requested: str) -> str:
-    return BY_NAME[requested].missing_reason if requested in BY_NAME else c.REASON_NO_TRAINING_API
+    return BY_NAME[requested].missing_reason if requested in BY_NAME else c.REASON_CRD_MISSING
 
 
 def choose(requested: str, served: Callable[[JobApi], bool]) -> JobApi | None:
