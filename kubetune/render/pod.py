@@ -205,6 +205,9 @@ def container_resources(spec: api.FineTuneJobSpec) -> dict[str, Any]:
         limits["cpu"] = requests["cpu"] = res.cpu
     if res.memory:
         limits["memory"] = requests["memory"] = res.memory
+    if res.cache_size:
+        # The cache emptyDir's limit: a pod that writes more is evicted, so ask for the disk up front.
+        limits["ephemeral-storage"] = requests["ephemeral-storage"] = res.cache_size
     out: dict[str, Any] = {}
     if limits:
         out["limits"] = limits
@@ -231,6 +234,11 @@ def queue_labels(job: api.FineTuneJob) -> dict[str, str]:
     if job.spec.priority:
         out["kueue.x-k8s.io/priority-class"] = job.spec.priority
     return out
+
+
+# Kubeflow's own SDK sets this on training pods: an Istio sidecar (injected in Kubeflow profile
+# namespaces) holds the rendezvous port and the pod's exit. spec.resources.podAnnotations overrides it.
+POD_ANNOTATIONS = {"sidecar.istio.io/inject": "false"}
 
 
 def pod_template(job: api.FineTuneJob, settings: RenderSettings, container_name: str) -> dict[str, Any]:
@@ -268,7 +276,7 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings, container_name:
         "volumes": [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shared_memory}},
             {"name": "config", "configMap": {"name": names.configmap}},
-            {"name": "cache", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size} if res.cache_size else {}},
             *[
                 {"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
                 for v in spec.volumes or []
@@ -284,7 +292,15 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings, container_name:
         pod["affinity"] = res.affinity
     if res.priority_class_name:
         pod["priorityClassName"] = res.priority_class_name
+    if res.scheduler_name:
+        pod["schedulerName"] = res.scheduler_name
+    if res.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in res.image_pull_secrets]
     if spec.network.host_network:
         pod["hostNetwork"] = True
         pod["dnsPolicy"] = "ClusterFirstWithHostNet"
-    return {"metadata": {"labels": labels(job)}, "spec": pod}
+    meta = {
+        "labels": {**(res.pod_labels or {}), **labels(job)},
+        "annotations": {**POD_ANNOTATIONS, **(res.pod_annotations or {})},
+    }
+    return {"metadata": meta, "spec": pod}
