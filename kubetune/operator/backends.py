@@ -48,9 +48,11 @@ TRAINER_V2 = (
     "Kubeflow Trainer v2.3 with JobSet (kubectl apply --server-side -k "
     '"github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0")'
 )
+# v1.9.4: images from GHCR (they moved there in v1.9.1) and cleanPodPolicy honoured at the
+# backoff limit. The repository was renamed kubeflow/trainer; the v1 tags stay there.
 TRAINING_OPERATOR_V1 = (
-    "the Kubeflow Training Operator v1.9 (kubectl apply --server-side -k "
-    '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0")'
+    "the Kubeflow Training Operator v1.9.4 (kubectl apply --server-side -k "
+    '"github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=v1.9.4")'
 )
 
 TRAINJOB = JobApi(
