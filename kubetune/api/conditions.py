@@ -2,18 +2,19 @@
 `trainjob_types.go` keeps them beside the schema). Users, Argo CD/Flux health checks and
 `kubectl wait --for=condition=...` depend on these strings: they are API, change them like the schema.
 
-Phases (`status.phase`):
+Phases (`status.phase`), from the child of the job's backend (`status.backend`):
 
-| PyTorchJob (condition True, first match)   | FineTuneJob phase                             |
-|--------------------------------------------|-----------------------------------------------|
-| none yet / Created                         | Pending                                       |
-| Failed                                     | Failed                                        |
-| Succeeded                                  | Succeeded                                     |
-| runPolicy.suspend                          | Suspended if spec.suspend, else Queued (Kueue)|
-| Suspended (runPolicy.suspend false)        | Suspended (resuming)                          |
-| Restarting                                 | Training (Running=False, reason carried over) |
-| Running                                    | Exporting if progress.stage is exporting or   |
-|                                            | uploading, else Training                      |
+| PyTorchJob (True, first match)      | TrainJob (first match)         | FineTuneJob phase                   |
+|-------------------------------------|--------------------------------|-------------------------------------|
+| none yet / Created                  | none yet / not all pods ready  | Pending                             |
+| Failed                              | Failed                         | Failed                              |
+| Succeeded                           | Complete                       | Succeeded                           |
+| runPolicy.suspend                   | spec.suspend                   | Suspended if spec.suspend, else     |
+|                                     |                                | Queued (Kueue)                      |
+| Suspended (runPolicy.suspend false) | Suspended (spec.suspend false) | Suspended (resuming)                |
+| Restarting                          | -                              | Training (Running=False)            |
+| Running                             | every jobsStatus entry ready   | Exporting if progress.stage is      |
+|                                     |                                | exporting or uploading, else Training |
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ EXPORT_STAGES = ("exporting", "uploading")
 
 # ---- condition types ---------------------------------------------------------------------------
 VALIDATED = "Validated"
+# Named before TrainJob existed; it says whether the training job (PyTorchJob or TrainJob) was made.
 CREATED = "PyTorchJobCreated"
 SPEC_APPLIED = "SpecApplied"
 RUNNING = "Running"
@@ -41,11 +43,13 @@ STALLED = "Stalled"
 CONDITION_TYPES = (VALIDATED, CREATED, SPEC_APPLIED, RUNNING, SUSPENDED, SUCCEEDED, FAILED, READY, STALLED)
 
 # ---- reasons (conditions and Events) -----------------------------------------------------------
-# Reasons that mirror a PyTorchJob condition keep Kubeflow's own reason (JobRunning, JobFailed...);
+# Reasons that mirror a child's condition keep Kubeflow's own reason (JobRunning, JobFailed...);
 # a failed pod's container reason (OOMKilled) replaces JobFailed when known.
 REASON_VALID = "Valid"
 REASON_INVALID_SPEC = "InvalidSpec"
+# PyTorchJobCRDMissing also when spec.backend is auto and neither API is served (the message names both).
 REASON_CRD_MISSING = "PyTorchJobCRDMissing"
+REASON_TRAINJOB_CRD_MISSING = "TrainJobCRDMissing"
 REASON_CREATE_FAILED = "CreateFailed"
 REASON_CREATED = "Created"
 REASON_RECREATED = "Recreated"

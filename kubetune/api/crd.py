@@ -126,6 +126,7 @@ PRINTER_COLUMNS = [
     },
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.source", "priority": 1},
     {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
+    {"name": "Backend", "type": "string", "jsonPath": ".status.backend", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

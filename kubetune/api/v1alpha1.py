@@ -531,8 +531,58 @@ class ResourcesSpec(_Model):
         description="Run the pods as this ServiceAccount (e.g. for IRSA). Unset: a per-job account that may "
         "only report this job's progress.",
     )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Annotations on the training pods, over the default sidecar.istio.io/inject: 'false' (an "
+        "Istio sidecar breaks torchrun's rendezvous; set it to 'true' to have one).",
+    )
+    pod_labels: dict[str, str] | None = Field(
+        default=None,
+        max_length=64,
+        description="Labels on the training pods (kubetune's own labels keep their values).",
+    )
+    image_pull_secrets: list[str] | None = Field(
+        default=None, max_length=16, description="Secrets to pull the trainer image with (pod imagePullSecrets)."
+    )
+    scheduler_name: str | None = Field(
+        default=None,
+        description="Pod schedulerName, e.g. volcano for gang scheduling. Unset: the default scheduler.",
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+    )
+    cache_size: str | int | None = Field(
+        default=None,
+        description="Size limit of the node-local cache (/var/cache/kubetune: downloaded model, tokenized data), "
+        "also requested as ephemeral-storage so the pod lands on a node with that much disk. Unset: no limit.",
+        json_schema_extra=_pattern(QUANTITY_PATTERN),
+    )
 
-    @field_validator("cpu", "memory", "shared_memory")
+    @field_validator("pod_labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str] | None) -> dict[str, str] | None:
+        for key, value in (labels or {}).items():
+            if not re.match(LABEL_VALUE_PATTERN, value) or len(value) > 63:
+                raise ValueError(
+                    f"podLabels: '{value}' (of {key}) is not a label value (63 characters: A-Z a-z 0-9 -_.)"
+                )
+        return labels
+
+    @field_validator("pod_labels", "pod_annotations")
+    @classmethod
+    def _keys(cls, entries: dict[str, str] | None) -> dict[str, str] | None:
+        for key in entries or {}:
+            prefix, _, name = key.rpartition("/")
+            if (
+                not name
+                or len(name) > 63
+                or not re.match(LABEL_VALUE_PATTERN, name)
+                or (prefix and (len(prefix) > 253 or not re.match(DNS_SUBDOMAIN_PATTERN, prefix)))
+            ):
+                raise ValueError(f"'{key}' is not a label or annotation key ([prefix/]name)")
+        return entries
+
+    @field_validator("cpu", "memory", "shared_memory", "cache_size")
     @classmethod
     def _quantity(cls, v: str | int | None) -> str | None:
         # Kubernetes quantities are int-or-string, and pydantic puts no pattern on a union: check here,
@@ -827,6 +877,13 @@ class FineTuneJobSpec(_Model):
         pattern=LABEL_VALUE_PATTERN,
     )
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Restarts and deadlines.")
+    backend: Literal["auto", "trainjob", "pytorchjob"] = Field(
+        default="auto",
+        description="What runs the training pods: trainjob (Kubeflow Trainer v2 TrainJob), pytorchjob (Kubeflow "
+        "Training Operator v1 PyTorchJob), or auto: the operator's default (Helm value operator.defaultBackend), "
+        "which when itself auto is TrainJob where the trainjobs.trainer.kubeflow.org API is served, else "
+        "PyTorchJob. The choice is recorded in status.backend when the job is created.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -926,7 +983,11 @@ class FineTuneJobStatus(_Model):
     )
     conditions: list[Condition] | None = Field(default=None, description="metav1.Condition-shaped conditions.")
     observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.")
-    pytorch_job: str | None = Field(default=None, description="Name of the child Kubeflow PyTorchJob.")
+    backend: str | None = Field(
+        default=None, description="What runs the pods, chosen when the job was created: trainjob or pytorchjob."
+    )
+    pytorch_job: str | None = Field(default=None, description="Name of the child Kubeflow PyTorchJob (pytorchjob).")
+    train_job: str | None = Field(default=None, description="Name of the child Kubeflow TrainJob (trainjob).")
     start_time: str | None = Field(default=None, description="When training started (RFC 3339).")
     completion_time: str | None = Field(default=None, description="When the job finished (RFC 3339).")
     progress: Progress | None = Field(default=None, description="Training progress.")

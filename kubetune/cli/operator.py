@@ -11,9 +11,9 @@ import sys
 ORDER = 60
 
 DESCRIPTION = """\
-Run the FineTuneJob operator: watch FineTuneJobs and turn each into a Kubeflow PyTorchJob (plus its
-ConfigMap and trainer ServiceAccount/Role/RoleBinding), then keep the FineTuneJob's status (phase,
-conditions, progress columns) in step with the PyTorchJob.
+Run the FineTuneJob operator: watch FineTuneJobs and turn each into a Kubeflow Trainer v2 TrainJob or
+a Training Operator v1 PyTorchJob (plus its ConfigMap and trainer ServiceAccount/Role/RoleBinding),
+then keep the FineTuneJob's status (phase, conditions, progress columns) in step with it.
 
 Configuration comes from the environment (the Helm chart sets it); flags override it:
   KUBETUNE_NAMESPACES                 comma-separated namespaces; empty or * = all (cluster-wide)
@@ -23,6 +23,8 @@ Configuration comes from the environment (the Helm chart sets it); flags overrid
   KUBETUNE_HEALTH_PORT                /healthz liveness/readiness port (default 8081; 0 = off)
   KUBETUNE_LOG_FORMAT                 json | plain (default json)
   KUBETUNE_LOG_LEVEL                  DEBUG | INFO | WARNING | ERROR (default INFO)
+  KUBETUNE_DEFAULT_BACKEND            what spec.backend: auto means: auto (TrainJob where served, else
+                                      PyTorchJob) | trainjob | pytorchjob (default auto)
 Credentials: the pod's service account in a cluster, or the kubeconfig (KUBECONFIG) outside one.
 """
 

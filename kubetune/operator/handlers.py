@@ -1,13 +1,14 @@
 """Every Kopf handler of the kubetune operator. Run with `kubetune operator` or
 `kopf run -m kubetune.operator.handlers`.
 
-- create/resume (and spec edits before anything exists): validate, check the PyTorchJob API,
-  create ConfigMap + trainer RBAC + PyTorchJob with owner references (idempotent by name);
-- spec.suspend changes: propagated to the PyTorchJob's runPolicy.suspend;
-- every FineTuneJob and every managed PyTorchJob event: recompute the FineTuneJob status from the
-  stored pair (level-triggered: the result depends on what is stored, not on which event came);
-  a PyTorchJob deleted before the job ended is created again (also on resume, for one deleted
-  while the operator was down);
+- create/resume (and spec edits before anything exists): validate, pick the backend (spec.backend;
+  auto: TrainJob where its API is served, else PyTorchJob), create ConfigMap + trainer RBAC + the
+  training job (PyTorchJob, or TrainingRuntime + TrainJob) with owner references (idempotent by name);
+- spec.suspend changes: propagated to the PyTorchJob's runPolicy.suspend or the TrainJob's spec.suspend;
+- every FineTuneJob and every managed PyTorchJob/TrainJob event: recompute the FineTuneJob status
+  from the stored pair (level-triggered: the result depends on what is stored, not on which event
+  came); a training job deleted before the job ended is created again (also on resume, for one
+  deleted while the operator was down);
 - a timer, only while a re-creation has failed (PyTorchJobCreated=False on an unfinished job: an
   API blip, the CRD being reinstalled): tried again with Kopf's retry delays, never by sleeping.
 
@@ -23,8 +24,8 @@ from typing import Any
 import kopf
 
 from kubetune.api import v1alpha1 as api
-from kubetune.operator import metrics
-from kubetune.operator.kube import PYTORCHJOB, Kube, connect
+from kubetune.operator import backends, metrics
+from kubetune.operator.kube import Kube, connect
 from kubetune.operator.reconcile import Reconciler, owner_of, recreation_failed
 from kubetune.operator.settings import OperatorConfig
 from kubetune.render import RenderSettings
@@ -57,7 +58,9 @@ def _quiet_status_watchers(record: logging.LogRecord) -> bool:
     """Drop "Handler 'follow_...' succeeded" (one line per watch event, saying nothing) unless DEBUG."""
     if record.levelno != logging.INFO or logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         return True
-    return not str(record.msg).startswith(("Handler 'follow_finetunejob'", "Handler 'follow_pytorchjob'"))
+    return not str(record.msg).startswith(
+        ("Handler 'follow_finetunejob'", "Handler 'follow_pytorchjob'", "Handler 'follow_trainjob'")
+    )
 
 
 @kopf.on.startup()
@@ -65,13 +68,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     config = OperatorConfig.from_env()
     configure_kopf(settings)
     render_settings = RenderSettings(trainer_image=config.trainer_image, image_pull_policy=config.image_pull_policy)
-    memo.reconciler = Reconciler(Kube(connect()), render_settings, metrics.Metrics())
+    memo.reconciler = Reconciler(Kube(connect()), render_settings, metrics.Metrics(), config.default_backend)
     memo.metrics_server = (
         await metrics.serve(memo.reconciler.metrics, config.metrics_port) if config.metrics_port else None
     )
     logging.getLogger("kopf.objects").addFilter(_quiet_status_watchers)
     logger.info(
-        f"kubetune operator: trainer image {config.trainer_image}, "
+        f"kubetune operator: trainer image {config.trainer_image}, backend {config.default_backend}, "
         f"metrics port {config.metrics_port or 'off'}, health port {config.health_port or 'off'}"
     )
 
@@ -112,9 +115,18 @@ def follow_finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, m
         memo.reconciler.sync_status(namespace or DEFAULT_NS, name)
 
 
-@kopf.on.event(*PYTORCHJOB, labels=MANAGED)
-def follow_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def _follow_child(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo) -> None:
     owner = owner_of(body)
     if owner is not None:
         deleted = body if event["type"] == "DELETED" else None
         memo.reconciler.sync_status(namespace or DEFAULT_NS, owner, deleted=deleted)
+
+
+@kopf.on.event(*backends.PYTORCHJOB.resource, labels=MANAGED)
+def follow_pytorchjob(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _follow_child(event, body, namespace, memo)
+
+
+@kopf.on.event(*backends.TRAINJOB.resource, labels=MANAGED)
+def follow_trainjob(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _follow_child(event, body, namespace, memo)

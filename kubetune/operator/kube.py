@@ -1,6 +1,6 @@
 """The few Kubernetes API calls the operator makes, through the official client.
 
-Kopf watches and reports; these calls read the FineTuneJob/PyTorchJob pair fresh (status follows
+Kopf watches and reports; these calls read the FineTuneJob and its training job fresh (status follows
 what the API server holds, not what an event said) and create the rendered children.
 """
 
@@ -14,11 +14,17 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api import v1alpha1 as api
+from kubetune.operator import backends
+from kubetune.operator.backends import JobApi
 
-PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
 FINETUNEJOB = (api.GROUP, api.VERSION, api.PLURAL)
+TRAININGRUNTIME = (backends.TRAINJOB.group, backends.TRAINJOB.version, "trainingruntimes")
+# Rendered children that are custom resources: kind -> (group, version, plural).
+CUSTOM_KINDS = {
+    **{job_api.kind: job_api.resource for job_api in backends.BY_NAME.values()},
+    "TrainingRuntime": TRAININGRUNTIME,
+}
 MERGE_PATCH = "application/merge-patch+json"
-KUBEFLOW_JOB_LABEL = "training.kubeflow.org/job-name"
 
 
 def connect() -> client.ApiClient:
@@ -40,7 +46,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
-        self._pytorchjob_api_seen = False
+        self._apis_seen: set[str] = set()
 
     # ---- FineTuneJob -------------------------------------------------------------------------
 
@@ -55,39 +61,40 @@ class Kube:
             group, version, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH
         )
 
-    # ---- PyTorchJob --------------------------------------------------------------------------
+    # ---- the training job (PyTorchJob or TrainJob) -------------------------------------------
 
-    def pytorchjob_api_installed(self) -> bool:
-        """Whether the API server serves pytorchjobs (discovery; remembered once seen)."""
-        if self._pytorchjob_api_seen:
+    def served(self, job_api: JobApi) -> bool:
+        """Whether the API server serves the backend's resource (discovery; remembered once seen)."""
+        if job_api.name in self._apis_seen:
             return True
-        group, version, plural = PYTORCHJOB
         try:
-            resources = self.custom.get_api_resources(group, version)
+            resources = self.custom.get_api_resources(job_api.group, job_api.version)
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
-        self._pytorchjob_api_seen = any(r.name == plural for r in resources.resources or [])
-        return self._pytorchjob_api_seen
+        if any(r.name == job_api.plural for r in resources.resources or []):
+            self._apis_seen.add(job_api.name)
+            return True
+        return False
 
-    def get_pytorchjob(self, namespace: str, name: str) -> dict[str, Any] | None:
-        group, version, plural = PYTORCHJOB
+    def get_job(self, job_api: JobApi, namespace: str, name: str) -> dict[str, Any] | None:
+        group, version, plural = job_api.resource
         return _none_if_missing(
             lambda: self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
         )
 
-    def patch_pytorchjob(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        group, version, plural = PYTORCHJOB
+    def patch_job(self, job_api: JobApi, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        group, version, plural = job_api.resource
         self.custom.patch_namespaced_custom_object(
             group, version, namespace, plural, name, patch, _content_type=MERGE_PATCH
         )
 
-    def pytorchjob_pods(self, namespace: str, pytorchjob: str) -> list[dict[str, Any]]:
-        """The training pods, by the label the Kubeflow training operator puts on them."""
+    def job_pods(self, job_api: JobApi, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The training pods, by the label their controller puts on them."""
         # Raw JSON: a pod status the client's models reject (a field missing) must not hide the reason.
         response = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{KUBEFLOW_JOB_LABEL}={pytorchjob}", _preload_content=False
+            namespace, label_selector=f"{job_api.pod_label}={name}", _preload_content=False
         )
         return list(json.loads(response.data).get("items") or [])
 
@@ -98,8 +105,8 @@ class Kube:
         namespace = obj["metadata"]["namespace"]
         kind = obj["kind"]
         try:
-            if kind == "PyTorchJob":
-                group, version, plural = PYTORCHJOB
+            if kind in CUSTOM_KINDS:
+                group, version, plural = CUSTOM_KINDS[kind]
                 created: Any = self.custom.create_namespaced_custom_object(group, version, namespace, plural, obj)
                 return dict(created)
             creators = {
@@ -113,15 +120,18 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return None
-            if exc.status == 404 and kind == "PyTorchJob":
-                self._pytorchjob_api_seen = False  # the CRD went away: check discovery again
+            if exc.status == 404 and kind in CUSTOM_KINDS:
+                self._apis_seen.clear()  # a CRD went away: check discovery again
             raise
 
     def read(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The stored version of a rendered child."""
         namespace, name, kind = obj["metadata"]["namespace"], obj["metadata"]["name"], obj["kind"]
-        if kind == "PyTorchJob":
-            return self.get_pytorchjob(namespace, name)
+        if kind in CUSTOM_KINDS:
+            group, version, plural = CUSTOM_KINDS[kind]
+            return _none_if_missing(
+                lambda: self.custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+            )
         readers = {
             "ConfigMap": self.core.read_namespaced_config_map,
             "ServiceAccount": self.core.read_namespaced_service_account,

@@ -3,7 +3,7 @@
 `kubetune operator` flags override the environment by writing back into it (`apply_to_env`), so
 `kopf run -m kubetune.operator.handlers` and `kubetune operator` read the same thing the same way.
 
-Not pydantic-settings: seven variables, three of them needing their own parsing (comma-separated
+Not pydantic-settings: eight variables, three of them needing their own parsing (comma-separated
 namespaces with `*`, a case-folded level, "set but empty" refused) would keep as many validators,
 add a dependency to the operator image, and turn "KUBETUNE_METRICS_PORT: 'x' is not a port number"
 into a multi-line ValidationError.
@@ -17,12 +17,13 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from kubetune import __version__
+from kubetune import __version__, render
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 LOG_FORMATS = ("json", "plain")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BACKENDS = ("auto", *render.BACKENDS)
 
 
 class SettingsError(ValueError):
@@ -38,6 +39,7 @@ class OperatorConfig:
     health_port: int = 8081
     log_format: Literal["json", "plain"] = "json"
     log_level: str = "INFO"
+    default_backend: str = "auto"  # what spec.backend: auto means
 
     @property
     def clusterwide(self) -> bool:
@@ -58,6 +60,7 @@ class OperatorConfig:
             health_port=_port(env, "KUBETUNE_HEALTH_PORT", 8081),
             log_format=_choice(env, "KUBETUNE_LOG_FORMAT", LOG_FORMATS, "json"),  # type: ignore[arg-type]
             log_level=_choice(env, "KUBETUNE_LOG_LEVEL", LOG_LEVELS, "INFO", upper=True),
+            default_backend=_choice(env, "KUBETUNE_DEFAULT_BACKEND", BACKENDS, "auto"),
         )
 
     def apply_to_env(self, env: dict[str, str] | os._Environ[str]) -> None:
@@ -69,6 +72,7 @@ class OperatorConfig:
             KUBETUNE_HEALTH_PORT=str(self.health_port),
             KUBETUNE_LOG_FORMAT=self.log_format,
             KUBETUNE_LOG_LEVEL=self.log_level,
+            KUBETUNE_DEFAULT_BACKEND=self.default_backend,
         )
 
 

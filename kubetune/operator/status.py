@@ -1,9 +1,10 @@
 """FineTuneJob status from what is observed: pure functions, no I/O.
 
 Inputs are the FineTuneJob as stored (spec, the trainer's `status.progress`, the previous operator
-status) and its PyTorchJob as stored (conditions written by the Kubeflow training operator).
-The output is the operator-owned part of the status (`phase`, `conditions`, `observedGeneration`,
-`pytorchJob`, `startTime`, `completionTime`) plus the Events worth posting. The trainer's
+status) and its training job as stored: a PyTorchJob (conditions written by the Kubeflow Training
+Operator) or a TrainJob (conditions and jobsStatus written by Kubeflow Trainer). The output is the
+operator-owned part of the status (`phase`, `conditions`, `observedGeneration`, `backend`,
+`pytorchJob` or `trainJob`, `startTime`, `completionTime`) plus the Events worth posting. The trainer's
 fields (`progress`, `dataReport`, `outputs`) are read, never written.
 
 The phase table and every phase, condition type and reason are in `kubetune.api.conditions`.
@@ -25,7 +26,6 @@ from kubetune.api.conditions import (
     QUEUED,
     READY,
     REASON_APPLIED,
-    REASON_CRD_MISSING,
     REASON_CREATE_FAILED,
     REASON_CREATED,
     REASON_INVALID_SPEC,
@@ -43,9 +43,19 @@ from kubetune.api.conditions import (
     TRAINING,
     VALIDATED,
 )
+from kubetune.operator.backends import PYTORCHJOB, TRAINJOB, JobApi
 
-OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "pytorchJob", "startTime", "completionTime")
-# The only spec fields that may change once the PyTorchJob exists (propagated, not re-rendered).
+OPERATOR_FIELDS = (
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "backend",
+    "pytorchJob",
+    "trainJob",
+    "startTime",
+    "completionTime",
+)
+# The only spec fields that may change once the training job exists (propagated, not re-rendered).
 MUTABLE_SPEC_FIELDS = ("suspend",)
 
 
@@ -65,8 +75,9 @@ class Observed:
     generation: int | None
     spec: dict[str, Any]
     status: dict[str, Any]
-    pytorchjob_name: str
-    pytorchjob: dict[str, Any] | None
+    job_api: JobApi
+    job_name: str
+    job: dict[str, Any] | None  # the PyTorchJob or TrainJob as stored
     now: str
     pod_failure: tuple[str, str] | None = None  # (reason, message) of the failed training container
 
@@ -142,12 +153,12 @@ def invalid_spec_status(
 
 
 def waiting_for_crd_status(
-    message: str, generation: int | None, conditions: list[dict[str, Any]] | None, now: str
+    message: str, reason: str, generation: int | None, conditions: list[dict[str, Any]] | None, now: str
 ) -> dict[str, Any]:
     conds = set_condition(
         list(conditions or []), condition(VALIDATED, True, REASON_VALID, "spec is valid", now, generation)
     )
-    conds = set_condition(conds, condition(CREATED, False, REASON_CRD_MISSING, message, now, generation))
+    conds = set_condition(conds, condition(CREATED, False, reason, message, now, generation))
     return {"phase": PENDING, "conditions": conds, "observedGeneration": generation}
 
 
@@ -159,23 +170,25 @@ def create_failed_status(
     return {"conditions": set_condition(list(conditions or []), failed), "observedGeneration": generation}
 
 
-def created_status(pytorchjob: str, generation: int | None, status: dict[str, Any], now: str) -> dict[str, Any]:
+def created_status(
+    job_api: JobApi, name: str, generation: int | None, status: dict[str, Any], now: str
+) -> dict[str, Any]:
     conds = list(status.get("conditions") or [])
+    made = f"Created {job_api.kind} {name}"
     was_invalid = (find_condition(conds, VALIDATED) or {}).get("status") == "False"
     if was_invalid:  # the spec was fixed before anything ran: start from scratch
         conds = [c for c in conds if c.get("type") != FAILED]
     conds = set_condition(conds, condition(VALIDATED, True, REASON_VALID, "spec is valid", now, generation))
-    conds = set_condition(
-        conds, condition(CREATED, True, REASON_CREATED, f"Created PyTorchJob {pytorchjob}", now, generation)
-    )
+    conds = set_condition(conds, condition(CREATED, True, REASON_CREATED, made, now, generation))
     phase = PENDING if was_invalid else status.get("phase") or PENDING
     if was_invalid or not find_condition(conds, READY):
-        conds = readiness(conds, phase, REASON_CREATED, f"Created PyTorchJob {pytorchjob}", now, generation)
+        conds = readiness(conds, phase, REASON_CREATED, made, now, generation)
     out: dict[str, Any] = {
         "phase": phase,
         "conditions": conds,
         "observedGeneration": generation,
-        "pytorchJob": pytorchjob,
+        "backend": job_api.name,
+        job_api.status_field: name,
     }
     if was_invalid:
         out["completionTime"] = None  # merge patch: remove
@@ -192,7 +205,7 @@ def immutable_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_fingerprint(spec: dict[str, Any]) -> str:
-    """What the PyTorchJob was made from, stored on it; compared on every reconcile."""
+    """What the training job was made from, stored on it; compared on every reconcile."""
     return json.dumps(immutable_spec(spec), sort_keys=True, separators=(",", ":"))
 
 
@@ -209,12 +222,12 @@ def changed_paths(old: Any, new: Any, prefix: str = "spec") -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# PyTorchJob -> phase
+# PyTorchJob or TrainJob -> phase
 # --------------------------------------------------------------------------------------------
 
 
-def _true_conditions(pytorchjob: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    conds = (pytorchjob.get("status") or {}).get("conditions") or []
+def _true_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    conds = (job.get("status") or {}).get("conditions") or []
     return {c.get("type", ""): c for c in conds if c.get("status") == "True"}
 
 
@@ -229,8 +242,7 @@ def pytorchjob_phase(
         return FAILED, true[FAILED]
     if SUCCEEDED in true:
         return SUCCEEDED, true[SUCCEEDED]
-    suspended = ((pytorchjob.get("spec") or {}).get("runPolicy") or {}).get("suspend") is True
-    if suspended:  # by the user, or by a queue (Kueue) that has not admitted the job yet
+    if PYTORCHJOB.suspended(pytorchjob):  # by the user, or by a queue (Kueue) that has not admitted the job yet
         return (SUSPENDED if user_suspended else QUEUED), true.get(SUSPENDED)
     if SUSPENDED in true:  # resumed, but the training operator has not started the pods yet
         return SUSPENDED, true[SUSPENDED]
@@ -241,8 +253,40 @@ def pytorchjob_phase(
     return PENDING, true.get("Created")
 
 
+def trainjob_phase(
+    trainjob: dict[str, Any] | None, *, user_suspended: bool, stage: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    """The phase, and the TrainJob condition it comes from (None when none applies). Trainer v2 has no
+    Running condition: the job trains once every replicated job's pods are all ready (jobsStatus)."""
+    if trainjob is None:
+        return PENDING, None
+    true = _true_conditions(trainjob)
+    if FAILED in true:
+        return FAILED, true[FAILED]
+    if "Complete" in true:
+        return SUCCEEDED, true["Complete"]
+    if TRAINJOB.suspended(trainjob):  # by the user, or by a queue (Kueue) that has not admitted it yet
+        return (SUSPENDED if user_suspended else QUEUED), true.get(SUSPENDED)
+    if SUSPENDED in true:  # resumed, but the Trainer has not started the pods yet
+        return SUSPENDED, true[SUSPENDED]
+    jobs = (trainjob.get("status") or {}).get("jobsStatus") or []
+    if jobs and all((j.get("ready") or 0) > 0 or (j.get("succeeded") or 0) > 0 for j in jobs):
+        return (EXPORTING if stage in EXPORT_STAGES else TRAINING), None
+    return PENDING, None
+
+
+def job_phase(
+    job_api: JobApi, job: dict[str, Any] | None, *, user_suspended: bool, stage: str | None
+) -> tuple[str, dict[str, Any] | None]:
+    phase_of = trainjob_phase if job_api is TRAINJOB else pytorchjob_phase
+    return phase_of(job, user_suspended=user_suspended, stage=stage)
+
+
 def failure_message(
-    pj_condition: dict[str, Any] | None, progress: dict[str, Any], pod_failure: tuple[str, str] | None = None
+    pj_condition: dict[str, Any] | None,
+    progress: dict[str, Any],
+    pod_failure: tuple[str, str] | None = None,
+    kind: str = PYTORCHJOB.kind,
 ) -> str:
     """The trainer's own last words first (it knows why), then the pod's fate, then what Kubeflow saw."""
     parts: list[str] = []
@@ -252,7 +296,7 @@ def failure_message(
         parts.append(pod_failure[1])
     if pj_condition and pj_condition.get("message"):
         parts.append(str(pj_condition["message"]))
-    return " | ".join(parts) or "the PyTorchJob failed"
+    return " | ".join(parts) or f"the {kind} failed"
 
 
 def pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -297,18 +341,19 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
     if old_phase == FAILED and (find_condition(conds, VALIDATED) or {}).get("status") == "False":
         return {k: status[k] for k in OPERATOR_FIELDS if k in status}, []  # InvalidSpec is final
 
-    phase, source = pytorchjob_phase(
-        obs.pytorchjob, user_suspended=bool(obs.spec.get("suspend")), stage=progress.get("stage")
+    phase, source = job_phase(
+        obs.job_api, obs.job, user_suspended=bool(obs.spec.get("suspend")), stage=progress.get("stage")
     )
-    if obs.pytorchjob is None and old_phase in FINISHED:
+    if obs.job is None and old_phase in FINISHED:
         phase = old_phase  # finished jobs keep their result when the child is cleaned up
     reason = (source or {}).get("reason") or phase
     pj_message = (source or {}).get("message") or ""
-    pj_status = (obs.pytorchjob or {}).get("status") or {}
+    pj_status = (obs.job or {}).get("status") or {}
 
     out: dict[str, Any] = {"phase": phase, "observedGeneration": gen}
-    if obs.pytorchjob is not None:
-        out["pytorchJob"] = obs.pytorchjob_name
+    if obs.job is not None:
+        out["backend"] = obs.job_api.name
+        out[obs.job_api.status_field] = obs.job_name
         conds, events = _spec_condition(conds, obs, gen, now)
     else:
         events = []
@@ -332,7 +377,7 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
         conds = set_condition(conds, condition(SUCCEEDED, True, reason, message, now, gen))
     elif phase == FAILED and not (old_phase == FAILED and find_condition(conds, FAILED)):
         # Written once, when the failure is first seen: the pods that explain it may be gone later.
-        message = failure_message(source, progress, obs.pod_failure)
+        message = failure_message(source, progress, obs.pod_failure, obs.job_api.kind)
         why = obs.pod_failure[0] if obs.pod_failure else reason  # OOMKilled says more than JobFailed
         conds = set_condition(conds, condition(FAILED, True, why, message, now, gen))
     final = find_condition(conds, phase) if phase in FINISHED else None
@@ -342,7 +387,7 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
     out["conditions"] = conds
 
     start = status.get("startTime") or pj_status.get("startTime")
-    if not start and phase in (TRAINING, EXPORTING, SUCCEEDED, FAILED) and obs.pytorchjob is not None:
+    if not start and phase in (TRAINING, EXPORTING, SUCCEEDED, FAILED) and obs.job is not None:
         start = now
     if start:
         out["startTime"] = start
@@ -350,23 +395,24 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
         out["completionTime"] = status.get("completionTime") or pj_status.get("completionTime") or now
 
     if phase != old_phase:
-        events.append(_phase_event(old_phase, phase, conds))
+        events.append(_phase_event(old_phase, phase, conds, obs.job_api.kind))
     return out, events
 
 
 def _spec_condition(
     conds: list[dict[str, Any]], obs: Observed, gen: int | None, now: str
 ) -> tuple[list[dict[str, Any]], list[Event]]:
-    annotations = ((obs.pytorchjob or {}).get("metadata") or {}).get("annotations") or {}
+    annotations = ((obs.job or {}).get("metadata") or {}).get("annotations") or {}
     applied = annotations.get(APPLIED_SPEC_ANNOTATION)
     if applied is None:
         return conds, []
     paths = changed_paths(json.loads(applied), immutable_spec(obs.spec))
     if not paths:
-        applied_condition = condition(SPEC_APPLIED, True, REASON_APPLIED, "the PyTorchJob matches the spec", now, gen)
+        matches = f"the {obs.job_api.kind} matches the spec"
+        applied_condition = condition(SPEC_APPLIED, True, REASON_APPLIED, matches, now, gen)
         return set_condition(conds, applied_condition), []
     message = (
-        f"{', '.join(paths)} changed after PyTorchJob {obs.pytorchjob_name} was created; only spec.suspend "
+        f"{', '.join(paths)} changed after {obs.job_api.kind} {obs.job_name} was created; only spec.suspend "
         "may change. Revert the change, or delete and re-create the FineTuneJob."
     )
     before = find_condition(conds, SPEC_APPLIED)
@@ -379,7 +425,7 @@ def _spec_condition(
 APPLIED_SPEC_ANNOTATION = "kubetune.io/applied-spec"
 
 
-def _phase_event(old: str | None, new: str, conds: list[dict[str, Any]]) -> Event:
+def _phase_event(old: str | None, new: str, conds: list[dict[str, Any]], kind: str) -> Event:
     if new == TRAINING:
         if old == SUSPENDED:
             return Event("Normal", REASON_RESUMED, "Resumed: training again")
@@ -393,7 +439,7 @@ def _phase_event(old: str | None, new: str, conds: list[dict[str, Any]]) -> Even
     if new == SUSPENDED:
         return Event("Normal", SUSPENDED, "Suspended: pods stopped; resume with spec.suspend: false")
     if new == QUEUED:
-        return Event("Normal", QUEUED, "Queued: waiting for the queue to admit the PyTorchJob")
+        return Event("Normal", QUEUED, f"Queued: waiting for the queue to admit the {kind}")
     return Event("Normal", new, f"Phase {new}")
 
 

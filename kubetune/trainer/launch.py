@@ -97,6 +97,16 @@ def read_rank_codes(exit_dir: Path) -> list[int]:
     return [code for _, _, code in sorted(found)]
 
 
+def rendezvous_env(env: dict[str, str]) -> dict[str, str]:
+    """torchrun takes its rendezvous address from PET_MASTER_ADDR/PORT, which Kubeflow Trainer v2
+    sets; Kubeflow Training Operator v1 (and `kubetune run --local`) set MASTER_ADDR/PORT instead."""
+    out = dict(env)
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var in env and f"PET_{var}" not in env:
+            out[f"PET_{var}"] = env[var]
+    return out
+
+
 def torchrun_path() -> str | None:
     beside = Path(sys.executable).with_name("torchrun")
     return str(beside) if beside.exists() else shutil.which("torchrun")
@@ -110,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return NOT_FOUND
     exit_dir = Path(tempfile.mkdtemp(prefix="kubetune-exit-"))
     try:
-        env = {**os.environ, "KUBETUNE_EXIT_DIR": str(exit_dir)}
+        env = {**rendezvous_env(dict(os.environ)), "KUBETUNE_EXIT_DIR": str(exit_dir)}
         torchrun_code, interrupted = _run(torchrun, args, env)
         code = container_exit_code(torchrun_code, read_rank_codes(exit_dir), interrupted)
     finally:

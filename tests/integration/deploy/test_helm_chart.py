@@ -39,9 +39,11 @@ OPERATOR_ENV = {
 REQUIRED_NAMESPACED = {
     ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
     ("kubetune.io", "finetunejobs/status"): {"get", "patch"},
-    # No delete: children go with their FineTuneJob through garbage collection; a PyTorchJob
-    # deleted by hand is created again.
+    # No delete: children go with their FineTuneJob through garbage collection; a PyTorchJob or
+    # TrainJob deleted by hand is created again.
     ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch"},
+    ("trainer.kubeflow.org", "trainjobs"): {"get", "list", "watch", "create", "patch"},
+    ("trainer.kubeflow.org", "trainingruntimes"): {"get", "create"},
     # Created, and read by name when they exist already: never listed, watched or patched.
     ("", "configmaps"): {"get", "create"},
     ("", "serviceaccounts"): {"get", "create"},
@@ -294,6 +296,7 @@ def test_namespaced_rbac_grants_nothing_namespaced_cluster_wide(render: Render) 
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["KUBETUNE_NAMESPACES"] == "ml-team-a,ml-team-b"
+    assert env["KUBETUNE_DEFAULT_BACKEND"] == "pytorchjob"
     assert env["HTTPS_PROXY"] == "http://proxy.example:3128"
 
 

@@ -22,10 +22,13 @@ from kubernetes.client.exceptions import ApiException
 from kubetune.api.crd import build_crd
 from tests.integration.operator.k8s_emulator import RunningApiServer
 
-# The Kubeflow Training Operator v1.9 CRD, beside the repository (as tests/unit/render uses it).
-PYTORCHJOB_CRD = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "kubeflow.org_pytorchjobs.yaml"
+# The Kubeflow Training Operator v1.9 and Trainer v2.3 CRDs, vendored (as tests/unit/render uses them).
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+PYTORCHJOB_CRD = FIXTURES / "kubeflow.org_pytorchjobs.yaml"
+TRAINER_CRDS = [FIXTURES / f"trainer.kubeflow.org_{plural}.yaml" for plural in ("trainjobs", "trainingruntimes")]
 FTJ = ("kubetune.io", "v1alpha1")
 PJ = ("kubeflow.org", "v1")
+TJ = ("trainer.kubeflow.org", "v1alpha1")
 MERGE = "application/merge-patch+json"
 
 
@@ -81,6 +84,11 @@ class Cluster:
     def install_pytorchjob_crd(self) -> None:
         self.ext.create_custom_resource_definition(yaml.safe_load(PYTORCHJOB_CRD.read_text()))
 
+    def install_trainer_crds(self) -> None:
+        """Kubeflow Trainer v2: TrainJob and TrainingRuntime."""
+        for path in TRAINER_CRDS:
+            self.ext.create_custom_resource_definition(yaml.safe_load(path.read_text()))
+
     # ---- the user --------------------------------------------------------------------------
 
     def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -118,12 +126,15 @@ class Cluster:
 
     # ---- the Kubeflow training operator and the kubelet ---------------------------------------
 
-    def create_failed_pod(self, name: str, pytorchjob: str, **terminated: Any) -> None:
-        """A training pod whose container ended as `terminated` says (exitCode, reason, message)."""
+    def create_failed_pod(
+        self, name: str, pytorchjob: str, label: str = "training.kubeflow.org/job-name", **terminated: Any
+    ) -> None:
+        """A training pod whose container ended as `terminated` says (exitCode, reason, message);
+        `label`: the one its controller sets (JobSet's jobset-name for a TrainJob's pods)."""
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "labels": {"training.kubeflow.org/job-name": pytorchjob}},
+            "metadata": {"name": name, "labels": {label: pytorchjob}},
             "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
         }
         self.core.create_namespaced_pod("default", pod)
@@ -178,6 +189,46 @@ class Cluster:
         self.custom.patch_namespaced_custom_object_status(
             *PJ, "default", "pytorchjobs", name, {"status": {"conditions": conds, **status}}, _content_type=MERGE
         )
+
+    # ---- Kubeflow Trainer v2 --------------------------------------------------------------------
+
+    def trainjob(self, name: str) -> dict[str, Any] | None:
+        return self._get(TJ, "trainjobs", name)
+
+    def trainingruntime(self, name: str) -> dict[str, Any] | None:
+        return self._get(TJ, "trainingruntimes", name)
+
+    def trainjobs(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_namespaced_custom_object(*TJ, "default", "trainjobs")["items"])
+
+    def set_trainjob_status(
+        self, name: str, *conditions: tuple[str, ...], ready: int | None = None, active: int = 1
+    ) -> None:
+        """What the Trainer controller writes: conditions (type, reason, message[, status: True]) and
+        the jobsStatus of the replicated job `node` (ready: Jobs whose pods are all ready)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status: dict[str, Any] = {
+            "conditions": [
+                {"type": c[0], "status": (c[3:] or ("True",))[0], "reason": c[1], "message": c[2]}
+                | {"lastTransitionTime": now}
+                for c in conditions
+            ]
+        }
+        if ready is not None:
+            status["jobsStatus"] = [
+                {"name": "node", "ready": ready, "active": active, "succeeded": 0, "failed": 0, "suspended": 0}
+            ]
+        self.custom.patch_namespaced_custom_object_status(
+            *TJ, "default", "trainjobs", name, {"status": status}, _content_type=MERGE
+        )
+
+    def _get(self, group_version: tuple[str, str], plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(*group_version, "default", plural, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
 
 class OperatorProcess:

@@ -24,7 +24,15 @@ from tests.integration.operator.harness import Cluster, OperatorProcess, job_man
 
 pytestmark = pytest.mark.integration
 
-OPERATOR_FIELDS = {"phase", "conditions", "observedGeneration", "pytorchJob", "startTime", "completionTime"}
+OPERATOR_FIELDS = {
+    "phase",
+    "conditions",
+    "observedGeneration",
+    "backend",
+    "pytorchJob",
+    "startTime",
+    "completionTime",
+}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """The chart grants the operator what its real API calls need, and nothing more.
 
 The operator runs cluster-wide (as the chart's default deploys it) through one job's whole life
-(create, adopt what exists, suspend, fail with a pod to explain it, lose its PyTorchJob); every
+(create, adopt what exists, suspend, fail with a pod to explain it, lose its PyTorchJob), and a
+second job the same way on Kubeflow Trainer v2 (TrainJob, picked by `auto`); every
 request it makes is recorded by the API emulator under its own token and turned into the RBAC
 attributes the API server would check. The chart's grants must equal that set, plus the few rights
 only a real API server asks for (named below, with why).
@@ -18,7 +19,7 @@ import yaml
 from kubetune.api.validation import parse_job
 from kubetune.render import RenderSettings, build_children
 from tests.integration.deploy.deploy_helm import CHART, NAMESPACE, RELEASE, find_helm, run_helm
-from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for
+from tests.integration.operator.harness import TJ, Cluster, OperatorProcess, job_manifest, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +52,10 @@ def _checked_only_by_a_real_api_server() -> Grants:
 @pytest.fixture(scope="module")
 def operator_calls(cluster: Cluster, operator_factory: Callable[..., OperatorProcess]) -> Iterator[Grants]:
     cluster.install_crds()
+    cluster.install_trainer_crds()
     # A job whose children (all but the PyTorchJob) exist before the operator sees it: it reads them
     # (409 on create) to check they are its own.
-    adopted = cluster.create_job(job_manifest("adopted"))
+    adopted = cluster.create_job(job_manifest("adopted", backend="pytorchjob"))
     for child in build_children(parse_job({k: v for k, v in adopted.items() if k != "status"}), RenderSettings()):
         if child["kind"] == "PyTorchJob":
             continue
@@ -69,7 +71,7 @@ def operator_calls(cluster: Cluster, operator_factory: Callable[..., OperatorPro
     op = operator_factory(("--all-namespaces",)).start()
     try:
         wait_for("the adopted job's PyTorchJob", lambda: cluster.pytorchjob("adopted"))
-        cluster.create_job(job_manifest("life"))
+        cluster.create_job(job_manifest("life", backend="pytorchjob"))
         first = wait_for("the PyTorchJob", lambda: cluster.pytorchjob("life"))
         cluster.set_pytorchjob_condition("life", "Running", "PyTorchJobRunning", "running")
         wait_for("phase Training", lambda: cluster.phase("life") == "Training")
@@ -88,6 +90,23 @@ def operator_calls(cluster: Cluster, operator_factory: Callable[..., OperatorPro
         cluster.set_pytorchjob_condition("life", "Failed", "PyTorchJobFailed", "1 Master replica(s) failed.")
         wait_for("the OOM reason", lambda: (cluster.condition("life", "Failed") or {}).get("reason") == "OOMKilled")
         wait_for("the Failed event", lambda: any(e.reason == "Failed" for e in cluster.events("life")))
+
+        cluster.create_job(job_manifest("life-v2"))  # auto: TrainJob, its API being served
+        first = wait_for("the TrainJob", lambda: cluster.trainjob("life-v2"))
+        cluster.set_trainjob_status("life-v2", ready=1)
+        wait_for("phase Training", lambda: cluster.phase("life-v2") == "Training")
+        cluster.patch_job("life-v2", {"spec": {"suspend": True}})  # patches the TrainJob
+        wait_for("suspend propagated", lambda: (cluster.trainjob("life-v2") or {})["spec"]["suspend"])
+        cluster.custom.delete_namespaced_custom_object(*TJ, "default", "trainjobs", "life-v2")
+        wait_for(  # its TrainingRuntime is still there: read to check it is this job's
+            "the TrainJob made again",
+            lambda: (tj := cluster.trainjob("life-v2")) and tj["metadata"]["uid"] != first["metadata"]["uid"],
+        )
+        cluster.create_failed_pod(
+            "life-v2-node-0-0", "life-v2", label="jobset.sigs.k8s.io/jobset-name", exitCode=137, reason="OOMKilled"
+        )
+        cluster.set_trainjob_status("life-v2", ("Failed", "JobSetFailed", "failed"))
+        wait_for("the OOM reason", lambda: (cluster.condition("life-v2", "Failed") or {}).get("reason") == "OOMKilled")
     finally:
         print(op.log_tail())
         op.stop()
@@ -141,6 +160,7 @@ def _difference(left: Grants, right: Grants) -> list[str]:
 
 def test_cluster_wide_chart_grants_exactly_what_the_operator_calls(operator_calls: Grants) -> None:
     assert ("kubeflow.org", "pytorchjobs") in operator_calls, "the scenario did not run"
+    assert ("trainer.kubeflow.org", "trainjobs") in operator_calls, "the TrainJob scenario did not run"
     needed = {**operator_calls}
     for key, verbs in _checked_only_by_a_real_api_server().items():
         needed[key] = needed.get(key, set()) | verbs

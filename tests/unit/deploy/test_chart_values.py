@@ -51,6 +51,7 @@ def test_ci_values_merged_over_defaults_validate(path: Path) -> None:
         (("metrics", "port"), 70000),
         (("crds", "keep"), "yes"),
         (("trainer", "image", "digest"), "sha256:short"),
+        (("trainer", "backend"), "mpijob"),
     ],
 )
 def test_schema_rejects_mistakes(path: tuple[str, ...], bad: Any) -> None:
@@ -103,3 +104,9 @@ def test_every_schema_property_appears_in_values_yaml() -> None:
     shown = set(re.findall(r"^\s*#?\s*([A-Za-z][\w]*):", VALUES_TEXT, flags=re.M))
     absent = {p for p in _schema_paths(SCHEMA) if p.split(".")[-1] not in shown and p != "global"}
     assert absent == set()
+
+
+def test_backend_choices_are_the_operators() -> None:
+    from kubetune.operator.settings import BACKENDS
+
+    assert tuple(SCHEMA["properties"]["trainer"]["properties"]["backend"]["enum"]) == BACKENDS

@@ -94,3 +94,20 @@ def test_chart_values_named_in_the_guide_exist() -> None:
         for part in path.split("."):
             assert isinstance(node, dict) and part in node, f"{path} is not a chart value"
             node = node[part]
+
+
+def test_which_backend_section_matches_the_operator() -> None:
+    """The install commands are the ones the operator's waiting condition names, and the reasons
+    and chart value the section promises are the real ones."""
+    from kubetune.api import conditions
+    from kubetune.operator import backends
+
+    section = DOCS["deploy.md"].split("### Which backend do I have", 1)[1].split("\n## ", 1)[0]
+    for job_api in backends.BY_NAME.values():
+        command = re.search(r"\((kubectl apply [^)]*)\)", job_api.install)
+        assert command and command.group(1) in section, job_api.name
+        assert f"`{job_api.name}`" in section and f"`{job_api.plural}.{job_api.group}`" in section
+    for reason in (conditions.REASON_CRD_MISSING, conditions.REASON_TRAINJOB_CRD_MISSING, conditions.CREATED):
+        assert f"`{reason}" in section, reason
+    assert backends.missing_reason("auto") == conditions.REASON_CRD_MISSING
+    assert "trainer.kubeflow.org/trainjob" in section and "kubeflow.org/pytorchjob" in section

@@ -14,6 +14,7 @@ def test_defaults() -> None:
     assert config.trainer_image == DEFAULT_TRAINER_IMAGE
     assert (config.metrics_port, config.health_port) == (8080, 8081)
     assert (config.log_format, config.log_level, config.image_pull_policy) == ("json", "INFO", "IfNotPresent")
+    assert config.default_backend == "auto"
 
 
 def test_every_variable_is_read() -> None:
@@ -26,8 +27,10 @@ def test_every_variable_is_read() -> None:
             "KUBETUNE_HEALTH_PORT": "0",
             "KUBETUNE_LOG_FORMAT": "plain",
             "KUBETUNE_LOG_LEVEL": "debug",
+            "KUBETUNE_DEFAULT_BACKEND": "trainjob",
         }
     )
+    assert config.default_backend == "trainjob"
     assert config.namespaces == ("team-a", "team-b") and not config.clusterwide
     assert config.trainer_image == "registry/trainer:1"
     assert config.image_pull_policy == "Always"
@@ -50,6 +53,7 @@ def test_all_namespaces(value: str) -> None:
         ("KUBETUNE_TRAINER_IMAGE_PULL_POLICY", "Sometimes", "KUBETUNE_TRAINER_IMAGE_PULL_POLICY: 'Sometimes'"),
         ("KUBETUNE_TRAINER_IMAGE", " ", "KUBETUNE_TRAINER_IMAGE is set but empty"),
         ("KUBETUNE_NAMESPACES", "Team_A", "KUBETUNE_NAMESPACES: 'Team_A' is not a namespace name"),
+        ("KUBETUNE_DEFAULT_BACKEND", "mpijob", "KUBETUNE_DEFAULT_BACKEND: 'mpijob' is not one of auto, trainjob"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str, fragment: str) -> None:
@@ -59,7 +63,9 @@ def test_bad_values_name_the_variable(var: str, value: str, fragment: str) -> No
 
 
 def test_round_trip_through_the_environment() -> None:
-    config = OperatorConfig(namespaces=("x",), metrics_port=1, health_port=2, log_format="plain")
+    config = OperatorConfig(
+        namespaces=("x",), metrics_port=1, health_port=2, log_format="plain", default_backend="pytorchjob"
+    )
     env: dict[str, str] = {}
     config.apply_to_env(env)
     assert OperatorConfig.from_env(env) == config
@@ -82,7 +88,13 @@ def test_cli_help_documents_the_environment(capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         main(["operator", "--help"])
     text = capsys.readouterr().out
-    for var in ("KUBETUNE_NAMESPACES", "KUBETUNE_TRAINER_IMAGE", "KUBETUNE_METRICS_PORT", "KUBETUNE_HEALTH_PORT"):
+    for var in (
+        "KUBETUNE_NAMESPACES",
+        "KUBETUNE_TRAINER_IMAGE",
+        "KUBETUNE_METRICS_PORT",
+        "KUBETUNE_HEALTH_PORT",
+        "KUBETUNE_DEFAULT_BACKEND",
+    ):
         assert var in text
     for flag in ("--namespace", "--all-namespaces", "--standalone", "--metrics-port", "--health-port", "--verbose"):
         assert flag in text

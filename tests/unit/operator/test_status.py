@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.operator import backends
 from kubetune.operator import status as st
 
 NOW = "2026-01-01T12:00:00Z"
@@ -32,8 +33,9 @@ def observed(pytorchjob: dict[str, Any] | None, status: dict[str, Any] | None = 
         generation=3,
         spec={**SPEC, **spec},
         status=status if status is not None else {"pytorchJob": "j", "phase": "Pending"},
-        pytorchjob_name="j",
-        pytorchjob=pytorchjob,
+        job_api=backends.PYTORCHJOB,
+        job_name="j",
+        job=pytorchjob,
         now=NOW,
     )
 
@@ -137,7 +139,7 @@ def test_invalid_spec_is_final_until_fixed() -> None:
     assert invalid["phase"] == "Failed"
     assert st.find_condition(invalid["conditions"], "Validated")["reason"] == "InvalidSpec"  # type: ignore[index]
     assert st.observe(observed(None, invalid)) == (invalid, [])
-    fixed = st.created_status("j", 2, invalid, NOW)
+    fixed = st.created_status(backends.PYTORCHJOB, "j", 2, invalid, NOW)
     assert fixed["phase"] == "Pending" and fixed["completionTime"] is None
     assert st.find_condition(fixed["conditions"], "Failed") is None
 
@@ -250,6 +252,6 @@ def test_ready_and_stalled_follow_kstatus(
 def test_invalid_spec_stalls_and_a_fix_clears_it() -> None:
     invalid = st.invalid_spec_status(["spec.x: bad"], 1, None, EARLIER)
     assert st.find_condition(invalid["conditions"], "Stalled")["status"] == "True"  # type: ignore[index]
-    fixed = st.created_status("j", 2, invalid, NOW)
+    fixed = st.created_status(backends.PYTORCHJOB, "j", 2, invalid, NOW)
     assert st.find_condition(fixed["conditions"], "Stalled")["status"] == "False"  # type: ignore[index]
     assert st.find_condition(fixed["conditions"], "Ready")["status"] == "False"  # type: ignore[index]

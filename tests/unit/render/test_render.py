@@ -274,16 +274,16 @@ def test_names_are_deterministic_and_fit_kubernetes_limits() -> None:
     names = render.child_names(job)
     assert names == render.child_names(copy.deepcopy(job))
     # Kubeflow appends -worker-<index> for pods and Services (DNS-1035, 63 max).
-    assert len(names.pytorchjob + "-worker-1023") <= 63
+    assert len(names.job + "-worker-1023") <= 63
     assert all(len(v) <= 63 for v in render.labels(job).values())
     other = parse_job({**doc, "metadata": {"name": "a" * 60 + "-c" * 40}})
-    assert render.child_names(other).pytorchjob != names.pytorchjob
+    assert render.child_names(other).job != names.job
 
 
 def test_name_starting_with_a_digit_still_gives_dns1035_service_names() -> None:
     doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
     doc["metadata"]["name"] = "7b-run"
-    assert render.child_names(parse_job(doc)).pytorchjob[0].isalpha()
+    assert render.child_names(parse_job(doc)).job[0].isalpha()
 
 
 def test_suspend_priority_and_deadlines_reach_the_run_policy() -> None:
