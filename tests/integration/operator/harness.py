@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.crd import build_crd
+from kubetune.local import free_port
 from tests.integration.operator.k8s_emulator import RunningApiServer
 
 # The Kubeflow Training Operator v1.9 and Trainer v2.3 CRDs, vendored (as tests/unit/render uses them).
@@ -30,12 +30,6 @@ FTJ = ("kubetune.io", "v1alpha1")
 PJ = ("kubeflow.org", "v1")
 TJ = ("trainer.kubeflow.org", "v1alpha1")
 MERGE = "application/merge-patch+json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
