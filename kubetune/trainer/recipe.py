@@ -59,13 +59,15 @@ def run(config_path: str) -> int:
     sink: ProgressSink | None = None
     try:
         cfg = load_run_config(config_path)
+        if cfg.dist.is_main:
+            # First, so that an unusable output or dataset is reported by the spec field that names it.
+            check_storage(cfg)
         if finished_manifest(cfg.output.manifest, cfg.spec, cfg.storage) is not None:
             # Finished before (perhaps stopped after its manifest): training again would only delete
             # and rewrite the same model.
             log.info("already finished: %s records this spec's result; nothing to do", cfg.output.manifest)
             return 0
         if cfg.dist.is_main:
-            check_storage(cfg)
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
         log.info("kubetune trainer: %s", json.dumps(cfg.summary()))
