@@ -73,14 +73,18 @@ class StorageOptions:
         import boto3
         from botocore.config import Config
 
+        endpoint = self._endpoint()
         config = Config(
             retries={"max_attempts": 5, "mode": "standard"},
             s3={"addressing_style": self.addressing_style},
             connect_timeout=10,
             read_timeout=120,
             max_pool_connections=pool,
+            # Over plain http SigV4 signs each request body's sha256, which the server checks: the
+            # CRC32 that botocore adds by default would be a second pass over every byte for the same
+            # guarantee. Over https the body is not signed, and the CRC32 is what protects it: keep it.
+            request_checksum_calculation="when_required" if _plain_http(endpoint) else "when_supported",
         )
-        endpoint = self._endpoint()
         region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
@@ -90,6 +94,10 @@ class StorageOptions:
     @property
     def where(self) -> str:
         return self._endpoint() or "AWS S3"
+
+
+def _plain_http(endpoint: str | None) -> bool:
+    return endpoint is not None and endpoint.lower().startswith("http://")
 
 
 @dataclass(frozen=True)

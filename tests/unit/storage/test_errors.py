@@ -92,3 +92,13 @@ def test_hashing_reader_hashes_each_byte_once_however_often_it_is_read() -> None
         pass
     assert reader.hashed == len(data)
     assert reader.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_crc32_checksum_is_added_only_where_sigv4_does_not_sign_the_body() -> None:
+    """Over http SigV4 already signs each body's sha256: a CRC32 would be a second pass over every byte."""
+    from kubetune.storage import StorageOptions
+
+    plain = StorageOptions(endpoint_url="http://127.0.0.1:9000").client()
+    tls = StorageOptions(endpoint_url="https://s3.example.com").client()
+    assert plain.meta.config.request_checksum_calculation == "when_required"
+    assert tls.meta.config.request_checksum_calculation == "when_supported"
