@@ -104,9 +104,14 @@ def _read_output(uri: str, spec: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _fill_from_output(job: JobView, files: dict[str, Any]) -> None:
-    job.history = files.get("progress.jsonl") or job.history
-    if job.history:
-        job.progress = {**job.history[-1], **job.progress} if job.progress else job.history[-1]
+    """The output's history, ended by the status's event when that is newer: the trainer patches the
+    status at once but uploads progress.jsonl at most every 30 s."""
+    history = list(files.get("progress.jsonl") or [])
+    latest = job.progress
+    if latest and (not history or (latest.get("step") or 0) > (history[-1].get("step") or 0)):
+        history.append(latest)
+    job.history = history
+    job.progress = latest or (history[-1] if history else {})
     job.data_report = files.get("data_report.json") or job.data_report
     job.manifest = files.get("manifest.json")
 
@@ -177,6 +182,9 @@ class ClusterJobs:
         import kubernetes
 
         self.namespace = namespace
+        # output uri -> (status.progress.updatedAt, output files): the output is read again only
+        # when the trainer has reported since, so polling the jobs page costs S3 nothing while idle.
+        self._outputs: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
 
@@ -204,7 +212,19 @@ class ClusterJobs:
         else:
             found = self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
         jobs = [_from_object(obj) for obj in found.get("items", [])]
+        for job in jobs:
+            self._fill(job)
         return sorted(jobs, key=lambda j: j.created or "", reverse=True)
+
+    def _fill(self, job: JobView) -> None:
+        if not job.output_uri:
+            return
+        seen = job.progress.get("updatedAt")
+        cached = self._outputs.get(job.output_uri)
+        if cached is None or cached[0] != seen or seen is None:
+            cached = (seen, _read_output(job.output_uri, job.spec))
+            self._outputs[job.output_uri] = cached
+        _fill_from_output(job, cached[1])
 
     def _get(self, namespace: str, name: str) -> JobView | None:
         from kubernetes.client.exceptions import ApiException
@@ -218,8 +238,7 @@ class ClusterJobs:
                 return None
             raise
         job = _from_object(obj)
-        if job.output_uri:
-            _fill_from_output(job, _read_output(job.output_uri, job.spec))
+        self._fill(job)
         events = self.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
         job.events = sorted(
             (_event(e) for e in events.items if e.involved_object.kind == api.KIND and e.involved_object.name == name),

@@ -136,3 +136,15 @@ def test_age_reads_like_kubectl() -> None:
     assert pages.age("2026-01-01T22:00:00Z", now) == "2h"
     assert pages.age("2025-12-30T00:00:00Z", now) == "3d"
     assert pages.age(None, now) == ""
+
+
+def test_status_event_newer_than_the_uploaded_log_ends_the_history() -> None:
+    from kubetune.dashboard.jobs import _fill_from_output
+
+    uploaded = [{"stage": "training", "step": s, "loss": 1.0 / s} for s in (1, 2, 3)]
+    job = JobView(name="j", namespace="ns", phase="Training", progress={"stage": "training", "step": 5, "loss": 0.1})
+    _fill_from_output(job, {"progress.jsonl": uploaded})
+    assert [e["step"] for e in job.history] == [1, 2, 3, 5]
+    caught_up = JobView(name="j", namespace="ns", phase="Training", progress={"stage": "training", "step": 3})
+    _fill_from_output(caught_up, {"progress.jsonl": uploaded})
+    assert [e["step"] for e in caught_up.history] == [1, 2, 3]
