@@ -50,6 +50,10 @@ async def job_page(request: web.Request) -> web.Response:
     return _html(pages.job_page(job))
 
 
+async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 @web.middleware
 async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     response: web.StreamResponse = await handler(request)
@@ -65,5 +69,6 @@ def build_app(source: JobSource) -> web.Application:
     app.router.add_get("/", jobs_page)
     app.router.add_get("/rows", job_rows)
     app.router.add_get("/jobs/{namespace}/{name}", job_page)
+    app.router.add_get("/healthz", healthz)  # the chart's probes: the process serves, whatever the API does
     app.router.add_static("/static", STATIC)
     return app
