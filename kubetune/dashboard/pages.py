@@ -14,6 +14,7 @@ import yaml
 from kubetune.api import conditions
 from kubetune.dashboard.charts import line_chart, sparkline
 from kubetune.dashboard.jobs import JobView, series
+from kubetune.dashboard.newjob import FIELDS, Field, field_of, options
 
 
 class Html(str):
@@ -31,7 +32,8 @@ def layout(title: str, body: str) -> Html:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>{e(title)} · kubetune</title>"
         '<link rel="stylesheet" href="/static/dashboard.css"></head><body>'
-        '<header><a href="/">kubetune</a> <span class="ro">read-only</span></header>'
+        '<header><a href="/">kubetune</a> <a class="nav" href="/new">new job</a>'
+        ' <span class="ro">read-only</span></header>'
         f"<main>{body}</main>"
         '<script src="/static/dashboard.js"></script></body></html>'
     )
@@ -198,3 +200,41 @@ def job_page(job: JobView) -> Html:
         f'<section><h2>Spec</h2><pre class="spec">{e(spec)}</pre></section>'
     )
     return layout(job.name, body)
+
+
+def _input(field: Field, value: str, index: int) -> str:
+    attrs = f'id="f{index}" name="{e(field.path)}"'
+    if field.kind == "choice":
+        choices = "".join(
+            f'<option value="{e(o)}"{" selected" if o == value else ""}>{e(o)}</option>' for o in options(field)
+        )
+        return f"<select {attrs}>{choices}</select>"
+    kind = "number" if field.kind in ("int", "float") else "text"
+    step = ' step="any"' if field.kind == "float" else ""
+    return f'<input type="{kind}"{step} {attrs} value="{e(value)}">'
+
+
+def new_job_page(form: dict[str, str], text: str, problems: list[dict[str, str]]) -> Html:
+    """The form, each field with its problems beside it, and the YAML it makes."""
+    by_field: dict[str, list[str]] = {}
+    for problem in problems:
+        by_field.setdefault(field_of(problem["path"]), []).append(f"{problem['path']}: {problem['message']}")
+    rows = []
+    for i, field in enumerate(FIELDS):
+        errors = "; ".join(by_field.get(field.path, []))
+        rows.append(
+            f'<div class="field" data-path="{e(field.path)}"><label for="f{i}">{e(field.label)}</label>'
+            f'{_input(field, form.get(field.path, ""), i)}<span class="hint">{e(field.hint)}</span>'
+            f'<span class="error" data-for="{e(field.path)}">{e(errors)}</span></div>'
+        )
+    other = "; ".join(by_field.get("", []))
+    body = (
+        "<h1>New fine-tuning job</h1><p class=meta>Checked as you type by the validation <code>kubetune validate"
+        "</code> runs. Nothing is sent to the cluster: download the YAML for GitOps or "
+        "<code>kubectl apply -f</code>.</p>"
+        '<div class="newjob"><form id="new-job" method="post" action="/new.yaml">'
+        f'{"".join(rows)}<span class="error" data-for="">{e(other)}</span>'
+        '<div><button type="submit">Download YAML</button> <button type="button" class="copy-yaml">copy</button>'
+        f'</div></form><pre id="yaml" class="spec">{e(text)}</pre></div>'
+    )
+    return layout("New job", body)

@@ -1,13 +1,15 @@
-"""The aiohttp application: GET only, nothing here writes to the cluster or the outputs."""
+"""The aiohttp application. Read-only: the Kubernetes calls are list and get, the outputs are read,
+and the new-job form's POSTs only validate and return YAML."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from kubetune.dashboard import pages
+from kubetune.dashboard import newjob, pages
 from kubetune.dashboard.jobs import JobView
 
 STATIC = Path(__file__).parent / "static"
@@ -50,6 +52,36 @@ async def job_page(request: web.Request) -> web.Response:
     return _html(pages.job_page(job))
 
 
+def _form_defaults() -> dict[str, str]:
+    return {f.path: f.default for f in newjob.FIELDS}
+
+
+async def new_job_page(request: web.Request) -> web.Response:
+    form = _form_defaults()
+    return _html(pages.new_job_page(form, *newjob.check(form)))
+
+
+async def new_job_check(request: web.Request) -> web.Response:
+    """The live check behind the form: YAML and problems, each with the form field it belongs to."""
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    text, problems = newjob.check(form)
+    return web.json_response({"yaml": text, "problems": [{**p, "field": newjob.field_of(p["path"])} for p in problems]})
+
+
+async def new_job_yaml(request: web.Request) -> web.Response:
+    """The YAML as a download when it validates; else the form again, with the problems beside the fields."""
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    text, problems = newjob.check(form)
+    if problems:
+        return web.Response(text=pages.new_job_page(form, text, problems), content_type="text/html", status=422)
+    name = re.sub(r"[^a-z0-9.-]", "", form.get("metadata.name", "")) or "finetunejob"
+    return web.Response(
+        text=text,
+        content_type="application/yaml",
+        headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'},
+    )
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -69,6 +101,10 @@ def build_app(source: JobSource) -> web.Application:
     app.router.add_get("/", jobs_page)
     app.router.add_get("/rows", job_rows)
     app.router.add_get("/jobs/{namespace}/{name}", job_page)
+    app.router.add_get("/new", new_job_page)
+    # POSTs that only validate: nothing reaches the cluster.
+    app.router.add_post("/new/check", new_job_check)
+    app.router.add_post("/new.yaml", new_job_yaml)
     app.router.add_get("/healthz", healthz)  # the chart's probes: the process serves, whatever the API does
     app.router.add_static("/static", STATIC)
     return app

@@ -19,4 +19,30 @@
       navigator.clipboard.writeText(text).then(function () { button.textContent = "copied"; });
     });
   });
+
+  var form = document.getElementById("new-job");
+  if (form) {
+    var pending = null;
+    var check = function () {
+      fetch("/new/check", { method: "POST", body: new URLSearchParams(new FormData(form)) })
+        .then(function (r) { return r.json(); })
+        .then(function (result) {
+          document.getElementById("yaml").textContent = result.yaml;
+          var errors = {};
+          result.problems.forEach(function (p) {
+            (errors[p.field] = errors[p.field] || []).push(p.path + ": " + p.message);
+          });
+          form.querySelectorAll(".error").forEach(function (span) {
+            span.textContent = (errors[span.dataset.for] || []).join("; ");
+          });
+          form.dataset.checked = String(result.problems.length);  // tests wait on it
+        });
+    };
+    form.addEventListener("input", function () { clearTimeout(pending); pending = setTimeout(check, 250); });
+    form.addEventListener("change", check);
+    document.querySelector("button.copy-yaml").addEventListener("click", function (event) {
+      navigator.clipboard.writeText(document.getElementById("yaml").textContent)
+        .then(function () { event.target.textContent = "copied"; });
+    });
+  }
 })();

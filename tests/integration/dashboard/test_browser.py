@@ -205,3 +205,43 @@ def test_job_page_charts_progress_and_shows_data_report(browser: Any, dashboard:
     browser.get(dashboard + "/jobs/default/broken")
     assert f"trainer exited 1: {EVIL}" in browser.find_element(By.CSS_SELECTOR, "table.timeline").text
     assert browser.execute_script("return document.querySelectorAll('main script').length") == 0
+
+
+def test_new_job_form_checks_live_and_makes_yaml_that_validates(browser: Any, dashboard: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(dashboard + "/new")
+    rank = browser.find_element(By.NAME, "spec.method.lora.rank")
+    rank.clear()
+    rank.send_keys("0")
+    rank_error = "span.error[data-for='spec.method.lora.rank']"
+    wait_for(
+        "the rank's error beside it",
+        lambda: "spec.method.lora.rank: must be > 0" in browser.find_element(By.CSS_SELECTOR, rank_error).text,
+        timeout=10,
+        interval=0.2,
+    )
+    assert browser.find_element(By.ID, "new-job").get_attribute("data-checked") == "1"
+
+    rank.clear()
+    rank.send_keys("8")
+    name = browser.find_element(By.NAME, "metadata.name")
+    name.clear()
+    name.send_keys("qwen-sft")
+    wait_for(
+        "the form to check clean with the new name",
+        lambda: (
+            browser.find_element(By.ID, "new-job").get_attribute("data-checked") == "0"
+            and "qwen-sft" in browser.find_element(By.ID, "yaml").text
+        ),
+        timeout=10,
+        interval=0.2,
+    )
+    assert browser.find_element(By.CSS_SELECTOR, rank_error).text == ""
+    job = tmp_path / "job.yaml"
+    job.write_text(browser.find_element(By.ID, "yaml").text + "\n")
+    checked = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "validate", str(job)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "rank: 8" in job.read_text()
