@@ -56,11 +56,15 @@ class JobView:
 
     @property
     def model(self) -> str:
-        return str((self.spec.get("model") or {}).get("source") or "")
+        """From the spec, else the manifest (a local run's output found without its config)."""
+        manifest = self.manifest or {}
+        return str(
+            (self.spec.get("model") or {}).get("source") or (manifest.get("baseModel") or {}).get("source") or ""
+        )
 
     @property
     def method(self) -> str:
-        return str((self.spec.get("method") or {}).get("type") or "")
+        return str((self.spec.get("method") or {}).get("type") or (self.manifest or {}).get("method") or "")
 
     @property
     def losses(self) -> list[tuple[float, float]]:

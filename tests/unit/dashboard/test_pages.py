@@ -41,6 +41,7 @@ def _write_run(root: Path, name: str, *, finished: bool, steps: int = STEPS) -> 
             "job": {"name": name},
             "createdAt": "2026-01-01T00:10:00Z",
             "baseModel": {"source": "/models/base"},
+            "method": "lora",
             "outputs": {"model": f"{out}/model", "adapter": f"{out}/adapter"},
             "files": [{"path": "model/model.safetensors", "size": 1234, "sha256": "ab" * 32}],
         }
@@ -87,6 +88,10 @@ def test_jobs_page_lists_local_runs_with_their_phases(runs: Path) -> None:
         ]
         assert 'data-points="3"' in html and f'data-points="{STEPS}"' in html  # loss sparklines
         assert "3/10" in html and "lora" in html and "/models/base" in html
+        # Without its config.yaml a finished run's model and method come from its manifest.
+        (runs / ".kubetune" / "runs" / "done-1234" / "config.yaml").unlink()
+        row = next(r for r in (await (await client.get("/rows")).text()).split("<tr") if "local/done" in r)
+        assert "<td>/models/base</td><td>lora</td>" in row
         assert "script-src" not in response.headers["Content-Security-Policy"]  # default-src 'self' covers it
         rows = await (await client.get("/rows?phase=Succeeded")).text()
         assert "local/done" in rows and "local/busy" not in rows
