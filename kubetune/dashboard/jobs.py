@@ -194,15 +194,16 @@ class ClusterJobs:
 
     @classmethod
     def connect(cls, namespace: str | None = None, kubeconfig: str | None = None) -> ClusterJobs:
-        """In-cluster config inside a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+        """The kubeconfig named, else the in-cluster config inside a pod, else KUBECONFIG or ~/.kube/config."""
         import kubernetes
 
-        try:
-            kubernetes.config.load_incluster_config()
-            client = kubernetes.client.ApiClient()
-        except kubernetes.config.ConfigException:
-            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-        return cls(client, namespace)
+        if kubeconfig is None:
+            try:
+                kubernetes.config.load_incluster_config()
+                return cls(kubernetes.client.ApiClient(), namespace)
+            except kubernetes.config.ConfigException:
+                pass
+        return cls(kubernetes.config.new_client_from_config(config_file=kubeconfig), namespace)
 
     async def all(self) -> list[JobView]:
         return await asyncio.to_thread(self._list)
