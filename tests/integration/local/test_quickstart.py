@@ -7,6 +7,7 @@ the loss falls, the outputs are where the summary says, and the answer changes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from kubetune import storage
+from kubetune.dashboard.jobs import LocalJobs
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +72,13 @@ def test_quickstart_trains_exports_and_answers(tmp_path: Path) -> None:
     base_line = next(line for line in sample.splitlines() if "base model:" in line)
     after_line = next(line for line in sample.splitlines() if "after training:" in line)
     assert "Kubi" in after_line and "Kubi" not in base_line
+    # The run's last line says how to talk to the model, and that answers with the trained identity too.
+    assert result.stdout.rstrip().endswith(f"kubetune chat {manifest['outputs']['model']}")
+    chat = _kubetune("chat", manifest["outputs"]["model"], "--prompt", "Who are you?", cwd=tmp_path)
+    assert chat.returncode == 0 and "Kubi" in chat.stdout, chat.stderr[-3000:]
+    # `kubetune dashboard --local runs/` finds the job, succeeded, with one loss point per logged loss.
+    jobs = asyncio.run(LocalJobs(tmp_path / "runs").all())
+    assert [(j.name, j.phase, len(j.losses)) for j in jobs] == [("quickstart", "Succeeded", len(losses))]
     assert (tmp_path / "node-cache" / "runs").is_dir()  # the run's work dir was under the test's cache
 
 
