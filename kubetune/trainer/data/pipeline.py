@@ -330,7 +330,8 @@ def prepare_data(
     key = cache_key(
         {
             "datasets": [s.identity() for s in sources],
-            "data": spec.data.model_dump(mode="json"),
+            # How many processes tokenize does not change the result.
+            "data": spec.data.model_dump(mode="json", exclude={"preprocessing_workers"}),
             "template": [template.name, template.jinja, template.stop_tokens],
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "cutoffLen": training.cutoff_len,
@@ -349,7 +350,8 @@ def prepare_data(
         return _load(entry.local, template)
     entry.clear_failed()
     try:
-        report, train, eval_ = _build(spec, tokenizer, template, sources, num_proc, key)
+        workers = num_proc if num_proc is not None else spec.data.preprocessing_workers
+        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, key)
     except DataValidationError as exc:
         entry.mark_failed(str(exc))
         raise
@@ -546,6 +548,7 @@ def check_file(
     train_on: str = "assistant",
     max_row_chars: int | None = None,
     storage: st.StorageOptions | None = None,
+    num_proc: int | None = None,
 ) -> tuple[DataReport, str]:
     """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
 
@@ -561,7 +564,9 @@ def check_file(
     preview = "no valid row to preview"
     if checked.convs:
         with _quiet_progress():
-            encoded = _tokenize(checked.convs, tokenizer, template, cutoff_len, train_on, 1, f"check-{os.getpid()}")
+            encoded = _tokenize(
+                checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, f"check-{os.getpid()}"
+            )
         keep = _account(encoded, checked.origins, report)
         table = _kept_table(encoded, keep)
         _count_tokens(report, [table])

@@ -408,3 +408,16 @@ def test_a_row_over_max_row_characters_is_refused_before_tokenizing_honouring_in
     assert report.options["maxRowCharacters"] == 1000
     report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer), max_row_chars=1004)
     assert report.invalid == 0 and report.train_examples == 2
+
+
+def test_preprocessing_workers_tokenize_the_same_examples_under_the_same_cache_key(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_jsonl("d.jsonl", ALPACA)
+    one = prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "one")
+    spec = make_spec([{"source": str(path)}], data={"preprocessingWorkers": 2})
+    with caplog.at_level(logging.INFO, logger="kubetune.data"):
+        two = prepare_data(spec, tokenizer, cache_dir=tmp_path / "two")
+    assert "tokenizing 3 conversations (2 processes)" in caplog.text
+    assert two.train["input_ids"] == one.train["input_ids"]
+    assert two.report.cache_key == one.report.cache_key  # the worker count does not change the data
