@@ -48,7 +48,7 @@ class Options:
 def import_config(path: str, options: Options) -> str:
     """The FineTuneJob YAML for the LLaMA-Factory config at `path`. Raises Refused or SpecError."""
     config = _read_config(path)
-    draft = Draft(config)
+    draft = Draft(config, config_dir=os.path.dirname(os.path.abspath(path)))
     draft.spec = {k: {} for k in ("model", "datasets", "data", "template", "method", "training", "resources", "output")}
     for key in KEYS:
         if key.name in config:
