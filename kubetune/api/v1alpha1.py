@@ -292,6 +292,12 @@ class DatasetSpec(_Model):
     tags: TagMapping | None = Field(
         default=None, description="LLaMA-Factory sharegpt tag mapping; unset keys take the defaults."
     )
+    only_mapped_columns: bool = Field(
+        default=False,
+        description="Read the optional columns (query, history, system, tools) only when `columns` names them, "
+        "as LLaMA-Factory does: an unmapped system or tools column is ignored (`kubetune import llamafactory` "
+        "sets this). Default: they are read under their default names.",
+    )
     split: DatasetSplit = Field(
         default=DatasetSplit.train,
         description="train, or validation to use this dataset only for evaluation.",

@@ -322,10 +322,7 @@ def prepare_data(
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
     _require_fast(tokenizer)
     template = resolve_template(spec.template, tokenizer)
-    sources = [
-        _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), d.max_samples, opts)
-        for d in spec.datasets
-    ]
+    sources = [_fetch_source(d.source, d.split, d.format, Mapping.of(d), d.max_samples, opts) for d in spec.datasets]
     training = spec.training
     key = cache_key(
         {
@@ -524,7 +521,7 @@ def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> l
     for d in spec.datasets:
         if d.split != "train":
             continue
-        src = _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), _DETECT_ROWS, opts)
+        src = _fetch_source(d.source, d.split, d.format, Mapping.of(d), _DETECT_ROWS, opts)
         max_chars = max_row_characters(spec.data.max_row_characters, spec.training.cutoff_len)
         checked = _check_source(src, DataReport(), max_chars)
         return checked.convs[0].messages if checked.convs else None

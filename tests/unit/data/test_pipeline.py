@@ -421,3 +421,15 @@ def test_preprocessing_workers_tokenize_the_same_examples_under_the_same_cache_k
     assert "tokenizing 3 conversations (2 processes)" in caplog.text
     assert two.train["input_ids"] == one.train["input_ids"]
     assert two.report.cache_key == one.report.cache_key  # the worker count does not change the data
+
+
+def test_only_mapped_columns_reaches_the_data_layer(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_jsonl("d.jsonl", [{**row, "system": "SECRET SYSTEM"} for row in ALPACA])
+    mapping = {"prompt": "instruction", "query": "input", "response": "output"}
+    read = prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "c")
+    spec = make_spec([{"source": str(path), "columns": mapping, "onlyMappedColumns": True}])
+    ignored = prepare_data(spec, tokenizer, cache_dir=tmp_path / "c")
+    assert all("SECRET SYSTEM" in text for text in decoded(tokenizer, read.train))
+    assert not any("SECRET SYSTEM" in text for text in decoded(tokenizer, ignored.train))

@@ -122,7 +122,15 @@ def test_llamafactory_defaults_are_written_where_ours_differ(
     assert training["warmupSteps"] == 0 and "warmupRatio" not in training
     assert training["loggingSteps"] == 500 and training["checkpointEverySteps"] == 500
     assert training["precision"] == "fp32"
-    assert spec["datasets"] == [{"source": str(tmp_path / "mine.jsonl"), "format": "alpaca"}]
+    assert spec["datasets"] == [
+        {
+            "source": str(tmp_path / "mine.jsonl"),
+            "format": "alpaca",
+            # LLaMA-Factory's columns for an entry that maps none, and nothing else read.
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            "onlyMappedColumns": True,
+        }
+    ]
     assert "learningRate: 5.0e-05  # LLaMA-Factory's default" in out
     assert "alpha: 16  # LLaMA-Factory's default: 2 x rank" in out
 
@@ -170,10 +178,24 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
             "format": "sharegpt",
             "columns": {"messages": "conversations", "system": "sys", "tools": "tools"},
             "tags": {"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"},
+            "onlyMappedColumns": True,
             "maxSamples": 50,
         },
-        {"source": "org/alpaca", "format": "alpaca", "columns": {"prompt": "q", "response": "a"}, "maxSamples": 100},
-        {"source": "s3://bkt/p/dev.jsonl", "format": "alpaca", "maxSamples": 100, "split": "validation"},
+        {
+            "source": "org/alpaca",
+            "format": "alpaca",
+            "columns": {"prompt": "q", "response": "a"},  # an `input` column is not read, as in LLaMA-Factory
+            "onlyMappedColumns": True,
+            "maxSamples": 100,
+        },
+        {
+            "source": "s3://bkt/p/dev.jsonl",
+            "format": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            "onlyMappedColumns": True,
+            "maxSamples": 100,
+            "split": "validation",
+        },
     ]
     assert "maxSamples: 50  # num_samples: LLaMA-Factory draws that many rows at random" in out
 
