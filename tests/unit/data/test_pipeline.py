@@ -238,12 +238,18 @@ def test_data_check_command_exit_codes(
     tiny_base_model_dir: Path,
     write_jsonl: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from kubetune.cli import main
 
     good = write_jsonl("good.jsonl", ALPACA)
     assert main(["data", "check", str(good), "--model", str(tiny_model_dir), "--no-preview"]) == 0
     assert "rows read 3, invalid 0" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="kubetune.data"):
+        workers = ["--preprocessing-workers", "2", "--no-preview"]
+        assert main(["data", "check", str(good), "--model", str(tiny_model_dir), *workers]) == 0
+    assert "rows read 3, invalid 0" in capsys.readouterr().out
+    assert "tokenizing 3 conversations (2 processes)" in caplog.text
     # a base model has no chat template: auto cannot work, and the message says what to pick
     assert main(["data", "check", str(good), "--model", str(tiny_base_model_dir)]) == 2
     assert "default or alpaca" in capsys.readouterr().err
