@@ -879,8 +879,11 @@ class FineTuneJobSpec(_Model):
             ),
             (
                 "!(has(self.method) && has(self.method.type) && self.method.type == 'qlora' && has(self.training)"
-                " && has(self.training.deepspeed) && has(self.training.deepspeed.stage)"
-                " && self.training.deepspeed.stage == 'zero3')",
+                " && has(self.training.deepspeed) && ((has(self.training.deepspeed.stage)"
+                " && self.training.deepspeed.stage == 'zero3') || (has(self.training.deepspeed.config)"
+                " && has(self.training.deepspeed.config.zero_optimization)"
+                " && has(self.training.deepspeed.config.zero_optimization.stage)"
+                " && self.training.deepspeed.config.zero_optimization.stage == 3)))",
                 "method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none",
             ),
             (
