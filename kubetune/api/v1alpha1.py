@@ -172,6 +172,12 @@ class Offload(str, Enum):
     cpu = "cpu"
 
 
+class ReportTo(str, Enum):
+    tensorboard = "tensorboard"
+    wandb = "wandb"
+    mlflow = "mlflow"
+
+
 class MixStrategy(str, Enum):
     concat = "concat"
     interleave = "interleave"
@@ -286,6 +292,12 @@ class DatasetSpec(_Model):
     tags: TagMapping | None = Field(
         default=None, description="LLaMA-Factory sharegpt tag mapping; unset keys take the defaults."
     )
+    only_mapped_columns: bool = Field(
+        default=False,
+        description="Read the optional columns (query, history, system, tools) only when `columns` names them, "
+        "as LLaMA-Factory does: an unmapped system or tools column is ignored (`kubetune import llamafactory` "
+        "sets this). Default: they are read under their default names.",
+    )
     split: DatasetSplit = Field(
         default=DatasetSplit.train,
         description="train, or validation to use this dataset only for evaluation.",
@@ -322,6 +334,13 @@ class DataOptions(_Model):
         default=TrainOn.assistant,
         description="Which tokens carry loss: every assistant turn (assistant), every token (all), "
         "or only the last assistant turn (lastTurn).",
+    )
+    preprocessing_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="Processes that tokenize the data (in the job and in `kubetune data check`). Default: one "
+        "per 4000 conversations, at most 8 and the CPU count.",
     )
     max_row_characters: int | None = Field(
         default=None,
@@ -401,12 +420,44 @@ class MethodSpec(_Model):
 
 
 class DeepSpeedSpec(_Model):
-    """DeepSpeed ZeRO, generated from these settings."""
+    """DeepSpeed ZeRO, generated from stage and offload, or your own DeepSpeed JSON as `config`."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.config) || ((!has(self.stage) || self.stage == 'none')"
+                " && (!has(self.offload) || self.offload == 'none'))",
+                "set deepspeed.config or deepspeed.stage/offload, not both",
+            )
+        )
+    )
 
     stage: DeepSpeedStage = Field(default=DeepSpeedStage.none, description="none, zero2 or zero3.")
     offload: Offload = Field(
         default=Offload.none, description="Offload optimizer state (zero2) and parameters (zero3) to cpu."
     )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="A DeepSpeed JSON config of your own, used as is instead of the generated one (an escape "
+        'hatch: e.g. LLaMA-Factory\'s ds_z3_config.json). Values of "auto" are filled from this spec by '
+        "the Hugging Face Trainer.",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DeepSpeedSpec:
+        if self.config is not None and (self.stage != DeepSpeedStage.none.value or self.offload != Offload.none.value):
+            raise ValueError("set deepspeed.config or deepspeed.stage/offload, not both")
+        return self
+
+    @property
+    def zero_stage(self) -> int | None:
+        """The ZeRO stage that runs (from the config when one is given), None without DeepSpeed."""
+        if self.config is not None:
+            zero = self.config.get("zero_optimization")
+            stage = zero.get("stage", 0) if isinstance(zero, dict) else 0
+            return stage if isinstance(stage, int) else 0
+        return {"zero2": 2, "zero3": 3}.get(str(self.stage))
 
 
 class TrainingSpec(_Model):
@@ -458,6 +509,21 @@ class TrainingSpec(_Model):
         default=None, ge=1, le=INT32_MAX, description="Evaluate every N steps (default: at each checkpoint)."
     )
     logging_steps: int = Field(default=10, ge=1, le=INT32_MAX, description="Report progress every N steps.")
+    report_to: list[ReportTo] = Field(
+        default_factory=list,
+        description="Experiment trackers besides status.progress: tensorboard (event files uploaded to "
+        "<output.uri>/tensorboard/), wandb, mlflow (configured by their WANDB_*/MLFLOW_* variables in spec.env).",
+    )
+    ddp_timeout_seconds: int = Field(
+        default=4 * 3600,
+        ge=1,
+        le=INT32_MAX,
+        description="How long a collective may wait. Generous because ranks wait while one process per node "
+        "downloads the base model or a checkpoint; the cost is that a hung collective is noticed this late.",
+    )
+    dataloader_workers: int = Field(
+        default=0, ge=0, le=256, description="Data loader worker processes per training process (0: load in it)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
@@ -813,8 +879,11 @@ class FineTuneJobSpec(_Model):
             ),
             (
                 "!(has(self.method) && has(self.method.type) && self.method.type == 'qlora' && has(self.training)"
-                " && has(self.training.deepspeed) && has(self.training.deepspeed.stage)"
-                " && self.training.deepspeed.stage == 'zero3')",
+                " && has(self.training.deepspeed) && ((has(self.training.deepspeed.stage)"
+                " && self.training.deepspeed.stage == 'zero3') || (has(self.training.deepspeed.config)"
+                " && has(self.training.deepspeed.config.zero_optimization)"
+                " && has(self.training.deepspeed.config.zero_optimization.stage)"
+                " && self.training.deepspeed.config.zero_optimization.stage == 3)))",
                 "method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none",
             ),
             (
@@ -888,7 +957,7 @@ class FineTuneJobSpec(_Model):
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
         ds = self.training.deepspeed
-        if self.method.type == MethodType.qlora.value and ds.stage == DeepSpeedStage.zero3.value:
+        if self.method.type == MethodType.qlora.value and ds.zero_stage == 3:
             raise ValueError("method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none")
         if self.resources.gpus_per_node == 0 and self.training.precision == Precision.fp16.value:
             raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
@@ -970,6 +1039,7 @@ class Outputs(_Model):
     manifest: str | None = Field(default=None, description="manifest.json, written last: the completion marker.")
     checkpoints: str | None = Field(default=None, description="Checkpoint prefix (auto-resume reads it).")
     loss_plot: str | None = Field(default=None, description="Loss curve PNG.")
+    tensorboard: str | None = Field(default=None, description="TensorBoard event files (training.reportTo).")
 
 
 class FineTuneJobStatus(_Model):

@@ -48,7 +48,7 @@ class Options:
 def import_config(path: str, options: Options) -> str:
     """The FineTuneJob YAML for the LLaMA-Factory config at `path`. Raises Refused or SpecError."""
     config = _read_config(path)
-    draft = Draft(config)
+    draft = Draft(config, config_dir=os.path.dirname(os.path.abspath(path)))
     draft.spec = {k: {} for k in ("model", "datasets", "data", "template", "method", "training", "resources", "output")}
     for key in KEYS:
         if key.name in config:
@@ -170,14 +170,18 @@ def _dataset(
         )
     fmt = entry.get("formatting", "alpaca")
     out: dict[str, Any] = {"source": source, "format": fmt}
+    # LLaMA-Factory reads the columns an entry maps, and its defaults only when it maps none (system,
+    # tools and history never): the job gets that mapping written out and reads nothing else.
     mapped = {_camel(c): columns[c] for c in COLUMNS if c in columns}
+    if not columns and fmt == "alpaca":
+        mapped = {"prompt": "instruction", "query": "input", "response": "output"}
     if fmt != "alpaca" and "messages" not in mapped:
         mapped["messages"] = "conversations"  # LLaMA-Factory's default for every formatting
-    if mapped:
-        out["columns"] = mapped
+    out["columns"] = mapped
     tags = {_camel(t): entry["tags"][t] for t in TAGS if t in (entry.get("tags") or {})}
     if tags:
         out["tags"] = tags
+    out["onlyMappedColumns"] = True
     limits = [n for n in (max_samples, entry.get("num_samples")) if n is not None]
     if limits:
         out["maxSamples"] = min(limits)

@@ -11,9 +11,11 @@ YAML comment next to the field when kubetune gives the value a different meaning
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import TEMPLATE_NAMES, Scheduler
@@ -33,6 +35,8 @@ class Draft:
     """The FineTuneJob being written: the spec, comments per field path, and what has no equivalent."""
 
     config: dict[str, Any]
+    # Where the config file is: files it names (a DeepSpeed JSON) are found relative to it.
+    config_dir: str = "."
     spec: dict[str, Any] = field(default_factory=dict)
     comments: dict[str, str] = field(default_factory=dict)
     unmapped: dict[str, str] = field(default_factory=dict)
@@ -208,16 +212,42 @@ DEEPSPEED_CONFIGS = {
 }
 
 
+def _deepspeed_file(value: str, config_dir: str) -> str | None:
+    """The JSON file a config names: as given (from here), or from the config's folder or one above it
+    (LLaMA-Factory's examples name theirs from its repository root)."""
+    if os.path.isabs(value):
+        return value if os.path.isfile(value) else None
+    candidates = [value]
+    folder = os.path.abspath(config_dir)
+    while True:
+        candidates.append(os.path.join(folder, value))
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
 def _deepspeed(value: Any, draft: Draft) -> None:
     if value is None:
+        return
+    found = _deepspeed_file(str(value), draft.config_dir)
+    if found is not None:
+        try:
+            config = json.loads(Path(found).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise Refused("deepspeed", f"'{value}' ({found}) is not a readable JSON file: {exc}") from None
+        if not isinstance(config, dict):
+            raise Refused("deepspeed", f"'{value}' ({found}) is not a JSON object")
+        draft.set("training.deepspeed.config", config, f"from {value}, used as is")
         return
     known = DEEPSPEED_CONFIGS.get(os.path.basename(str(value)))
     if known is None:
         raise Refused(
             "deepspeed",
-            f"'{value}' is not one of LLaMA-Factory's examples/deepspeed configs "
-            f"({', '.join(DEEPSPEED_CONFIGS)}); kubetune generates the DeepSpeed config from "
-            "training.deepspeed.stage and offload, a JSON file of your own cannot be used",
+            f"'{value}' not found (looked here and from {draft.config_dir} upwards); give the JSON's path, "
+            f"or name one of LLaMA-Factory's examples/deepspeed configs ({', '.join(DEEPSPEED_CONFIGS)}) "
+            "to use kubetune's generated equivalent",
         )
     stage, offload = known
     draft.set("training.deepspeed.stage", stage)
@@ -269,6 +299,24 @@ def _overwrite(value: Any, draft: Draft) -> None:
             "overwrite_output_dir: true is not carried over: a job resumes from checkpoints found here; "
             "use a fresh URI to start over"
         )
+
+
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
+
+
+def _report_to(value: Any, draft: Draft) -> None:
+    names = _listed(value)
+    kept = [n for n in dict.fromkeys(names) if n in REPORT_TO]
+    others = [n for n in names if n not in REPORT_TO and n != "none"]
+    if kept:
+        draft.set("training.reportTo", kept)
+    if others:
+        draft.unmapped["report_to"] = f"{', '.join(others)}  (kubetune reports to {', '.join(REPORT_TO)})"
+
+
+def _listed(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def _flag(name: str, message: str) -> Apply:
@@ -390,10 +438,12 @@ KEYS: tuple[Key, ...] = (
     ),
     Key(
         "deepspeed",
-        "spec.training.deepspeed.stage, .offload",
+        "spec.training.deepspeed.stage, .offload, .config",
         _deepspeed,
-        "LLaMA-Factory's `ds_z0/z2/z3[_offload]_config.json` map to generated configs; other files are refused.",
-        differs="the DeepSpeed config is generated (same ZeRO stage and offload), not read from the JSON file",
+        "A JSON file found from the config's folder (or one above it) is copied into `deepspeed.config` as is. "
+        "When it is not found, LLaMA-Factory's `ds_z0/z2/z3[_offload]_config.json` names map to generated "
+        "configs (same ZeRO stage and offload); other names are refused.",
+        differs="the DeepSpeed config is generated (same ZeRO stage and offload): the JSON file was not found",
     ),
     Key("seed", "spec.training.seed", _to("training.seed")),
     Key("save_steps", "spec.training.checkpointEverySteps", _to("training.checkpointEverySteps"), default=500),
@@ -442,10 +492,21 @@ KEYS: tuple[Key, ...] = (
         "tool_format", "(none)", _flag("tool_format", "tool-calling formats are not supported yet"), "Refused when set."
     ),
     Key("tokenized_path", ""),
-    Key("preprocessing_num_workers", ""),
-    Key("dataloader_num_workers", ""),
-    Key("ddp_timeout", ""),
-    Key("report_to", "", note="Progress is in `status.progress` and `progress.jsonl`."),
+    Key("preprocessing_num_workers", "spec.data.preprocessingWorkers", _to("data.preprocessingWorkers")),
+    Key("dataloader_num_workers", "spec.training.dataloaderWorkers", _to("training.dataloaderWorkers")),
+    Key(
+        "ddp_timeout",
+        "spec.training.ddpTimeoutSeconds",
+        _to("training.ddpTimeoutSeconds"),
+        "Ours defaults to 4 hours (LLaMA-Factory: 30 minutes).",
+    ),
+    Key(
+        "report_to",
+        "spec.training.reportTo",
+        _report_to,
+        "`tensorboard`, `wandb`, `mlflow`; `none` writes nothing, other trackers are listed as having no "
+        "equivalent. Progress is always in `status.progress` and `progress.jsonl`.",
+    ),
     Key("save_only_model", ""),
     Key("overwrite_cache", ""),
     Key("flash_attn", "", note="The trainer image built with `--build-arg FLASH_ATTN=1`."),

@@ -96,6 +96,10 @@ class OutputLayout:
         return self._join("loss.png")
 
     @property
+    def tensorboard(self) -> str:
+        return self._join("tensorboard")
+
+    @property
     def cache(self) -> str:
         return self._join("cache")
 

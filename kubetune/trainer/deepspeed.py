@@ -1,7 +1,8 @@
-"""DeepSpeed ZeRO configs generated from spec.training.deepspeed.
+"""DeepSpeed ZeRO configs generated from spec.training.deepspeed, or the user's own JSON from it.
 
 Batch sizes, clipping and precision are `auto`: the HF Trainer fills them from the TrainingArguments,
-so the spec stays the only place they are set.
+so the spec stays the only place they are set. A user's config (`deepspeed.config`, e.g. one of
+LLaMA-Factory's ds_z*_config.json) is used as written; its `auto` values are filled the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from kubetune.api import v1alpha1 as api
 
 
 def zero_config(ds: api.DeepSpeedSpec) -> dict[str, Any] | None:
-    """The DeepSpeed JSON for a stage, or None when DeepSpeed is off."""
+    """The DeepSpeed JSON to run with, or None when DeepSpeed is off."""
+    if ds.config is not None:
+        return dict(ds.config)
     stage = str(ds.stage)
     if stage == "none":
         return None

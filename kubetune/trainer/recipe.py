@@ -8,6 +8,7 @@ manifest last. A failure anywhere becomes one line, an exit code and a `failed` 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -218,37 +219,41 @@ def training_arguments(cfg: RunConfig) -> Any:
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=t.cutoff_len,
         packing=False,  # our data pipeline packs; TRL must not repack
-        dataloader_num_workers=0,
+        dataloader_num_workers=t.dataloader_workers,
         disable_tqdm=True,  # our own bar (rank 0)
-        report_to="none",
+        report_to=_trackers(cfg),
         # Collectives wait while one process per node downloads the base model or a checkpoint
         # (main_process_first, barriers): 140 GB at a few hundred MB/s takes far longer than the
         # 30-minute default. The cost: a genuinely hung collective is noticed this late.
-        ddp_timeout=ddp_timeout(),
+        ddp_timeout=t.ddp_timeout_seconds,
         warmup_steps=warmup,
         **length,
     )
 
 
-DDP_TIMEOUT_S = 4 * 3600
+# The packages the Trainer's integration for each tracker imports (any one of them).
+TRACKER_PACKAGES = {"tensorboard": "tensorboardX tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
-def ddp_timeout(env: dict[str, str] | None = None) -> int:
-    """Seconds a collective may wait: `KUBETUNE_DDP_TIMEOUT_S`, default 4 hours."""
-    value = (os.environ if env is None else env).get("KUBETUNE_DDP_TIMEOUT_S", "").strip()
-    if not value:
-        return DDP_TIMEOUT_S
-    try:
-        seconds = int(value)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise TrainerError(
-            ExitCode.CONFIG,
-            f"KUBETUNE_DDP_TIMEOUT_S={value!r} is not a positive number of seconds",
-            "set it to e.g. 14400, or unset it for the 4-hour default",
-        )
-    return seconds
+def _trackers(cfg: RunConfig) -> list[str] | str:
+    """`report_to` for the Trainer; TensorBoard writes where upload_outputs finds its event files."""
+    trackers = [str(r) for r in cfg.spec.training.report_to]
+    for name in trackers:
+        package = TRACKER_PACKAGES[name]
+        if not any(importlib.util.find_spec(p) for p in package.split()):
+            raise TrainerError(
+                ExitCode.CONFIG,
+                f"training.reportTo: {name} needs the Python package {package.split()[0]}, which this image lacks",
+                f"use an image with it installed (spec.image), or remove {name} from reportTo",
+            )
+    if "tensorboard" in trackers:
+        # The Trainer's TensorBoard callback takes its directory from this variable only.
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir(cfg))
+    return trackers or "none"
+
+
+def tensorboard_dir(cfg: RunConfig) -> Path:
+    return cfg.work_dir / "tensorboard"
 
 
 def _backend(cfg: RunConfig) -> str | None:
@@ -406,6 +411,11 @@ def upload_outputs(
     if sink is not None and sink.plot_loss(cfg.work_dir / "loss.png"):
         uploaded.append(upload_file(cfg.work_dir / "loss.png", cfg.output.loss_plot, cfg.storage))
         outputs["lossPlot"] = cfg.output.loss_plot
+    events = tensorboard_dir(cfg)
+    if events.is_dir() and any(events.iterdir()):
+        # Event files of earlier attempts stay: each attempt writes files of its own name.
+        uploaded += upload_dir(events, cfg.output.tensorboard, cfg.storage)
+        outputs["tensorboard"] = cfg.output.tensorboard
     outputs.update(checkpoints=cfg.output.checkpoints, dataReport=cfg.output.data_report, manifest=cfg.output.manifest)
     return uploaded, outputs
 
@@ -452,7 +462,7 @@ def _save_resolved_config(cfg: RunConfig, model_dir: Path) -> None:
 
 def _clean_work_dir(cfg: RunConfig) -> None:
     """Everything that matters is in the output now; node-local caches outlive jobs, so free the disk."""
-    for name in ("checkpoints", "trained", "export"):
+    for name in ("checkpoints", "trained", "export", "tensorboard"):
         shutil.rmtree(cfg.work_dir / name, ignore_errors=True)
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
+from kubetune.api.v1alpha1 import ColumnMapping, DatasetSpec, TagMapping
 
 
 class RowError(ValueError):
@@ -58,18 +58,23 @@ def too_deep() -> RowError:
     return RowError("nested too deeply to read (JSON nesting deeper than Python's recursion limit)")
 
 
+# Columns LLaMA-Factory reads only when a dataset_info.json entry maps them.
+OPTIONAL_COLUMNS = ("query", "history", "system", "tools")
+
+
 @dataclass(frozen=True)
 class Mapping:
     """The names of the spec's `columns` and `tags` (api ColumnMapping/TagMapping), LLaMA-Factory's default
     where unset; the turn keys and role values of sharegpt/openai default per format (see the *_tags methods)."""
 
     prompt: str = "instruction"
-    query: str = "input"
+    # None: not read (an unmapped optional column, when the dataset reads only mapped columns).
+    query: str | None = "input"
     response: str = "output"
-    history: str = "history"
+    history: str | None = "history"
     messages: str | None = None  # default depends on the format
-    system: str = "system"
-    tools: str = "tools"
+    system: str | None = "system"
+    tools: str | None = "tools"
     role_tag: str | None = None
     content_tag: str | None = None
     user_tag: str | None = None
@@ -79,14 +84,19 @@ class Mapping:
     system_tag: str = "system"
 
     @classmethod
-    def from_spec(cls, columns: ColumnMapping | None = None, tags: TagMapping | None = None) -> Mapping:
-        names = {
-            key: value
-            for part in (columns, tags)
-            if part is not None
-            for key, value in part.model_dump(exclude_none=True).items()
-        }
+    def from_spec(
+        cls, columns: ColumnMapping | None = None, tags: TagMapping | None = None, only_mapped: bool = False
+    ) -> Mapping:
+        """`only_mapped`: LLaMA-Factory's rule, an optional column the mapping does not name is not read."""
+        names: dict[str, Any] = dict.fromkeys(OPTIONAL_COLUMNS) if only_mapped else {}
+        for part in (columns, tags):
+            if part is not None:
+                names.update(part.model_dump(exclude_none=True))
         return cls(**names)
+
+    @classmethod
+    def of(cls, dataset: DatasetSpec) -> Mapping:
+        return cls.from_spec(dataset.columns, dataset.tags, dataset.only_mapped_columns)
 
     def messages_key(self, fmt: str) -> str:
         return self.messages or ("conversations" if fmt == "sharegpt" else "messages")
@@ -206,9 +216,9 @@ def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
     return conv
 
 
-def _text(row: dict[str, Any], key: str, *, required: bool, what: str | None = None) -> str:
+def _text(row: dict[str, Any], key: str | None, *, required: bool, what: str | None = None) -> str:
     what = what or f"'{key}'"
-    value = row.get(key)
+    value = row.get(key) if key is not None else None
     if value is None:
         if required:
             present = ", ".join(sorted(row)[:10])
@@ -238,7 +248,7 @@ def _maybe_json_list(value: Any) -> Any:
 
 
 def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
-    value = row.get(mapping.tools)
+    value = row.get(mapping.tools) if mapping.tools is not None else None
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -270,7 +280,7 @@ def _alpaca(row: dict[str, Any], mapping: Mapping) -> Conversation:
         raise RowError(f"fields '{mapping.prompt}' and '{mapping.query}' are both empty")
     response = _text(row, mapping.response, required=True)
     messages = _system_message(row, mapping)
-    history = _maybe_json_list(row.get(mapping.history))
+    history = _maybe_json_list(row.get(mapping.history)) if mapping.history is not None else None
     if history not in (None, ""):
         if not isinstance(history, list):
             raise RowError(

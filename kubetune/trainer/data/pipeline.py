@@ -322,15 +322,13 @@ def prepare_data(
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
     _require_fast(tokenizer)
     template = resolve_template(spec.template, tokenizer)
-    sources = [
-        _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), d.max_samples, opts)
-        for d in spec.datasets
-    ]
+    sources = [_fetch_source(d.source, d.split, d.format, Mapping.of(d), d.max_samples, opts) for d in spec.datasets]
     training = spec.training
     key = cache_key(
         {
             "datasets": [s.identity() for s in sources],
-            "data": spec.data.model_dump(mode="json"),
+            # How many processes tokenize does not change the result.
+            "data": spec.data.model_dump(mode="json", exclude={"preprocessing_workers"}),
             "template": [template.name, template.jinja, template.stop_tokens],
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "cutoffLen": training.cutoff_len,
@@ -349,7 +347,8 @@ def prepare_data(
         return _load(entry.local, template)
     entry.clear_failed()
     try:
-        report, train, eval_ = _build(spec, tokenizer, template, sources, num_proc, key)
+        workers = num_proc if num_proc is not None else spec.data.preprocessing_workers
+        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, key)
     except DataValidationError as exc:
         entry.mark_failed(str(exc))
         raise
@@ -522,7 +521,7 @@ def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> l
     for d in spec.datasets:
         if d.split != "train":
             continue
-        src = _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), _DETECT_ROWS, opts)
+        src = _fetch_source(d.source, d.split, d.format, Mapping.of(d), _DETECT_ROWS, opts)
         max_chars = max_row_characters(spec.data.max_row_characters, spec.training.cutoff_len)
         checked = _check_source(src, DataReport(), max_chars)
         return checked.convs[0].messages if checked.convs else None
@@ -546,6 +545,7 @@ def check_file(
     train_on: str = "assistant",
     max_row_chars: int | None = None,
     storage: st.StorageOptions | None = None,
+    num_proc: int | None = None,
 ) -> tuple[DataReport, str]:
     """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
 
@@ -561,7 +561,9 @@ def check_file(
     preview = "no valid row to preview"
     if checked.convs:
         with _quiet_progress():
-            encoded = _tokenize(checked.convs, tokenizer, template, cutoff_len, train_on, 1, f"check-{os.getpid()}")
+            encoded = _tokenize(
+                checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, f"check-{os.getpid()}"
+            )
         keep = _account(encoded, checked.origins, report)
         table = _kept_table(encoded, keep)
         _count_tokens(report, [table])

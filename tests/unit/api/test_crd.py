@@ -160,9 +160,19 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
         ),
         (
             [],
+            {
+                "datasets": [{"source": "x"}],
+                "method": {"type": "qlora"},
+                "training": {"deepspeed": {"config": {"zero_optimization": {"stage": 3}}}},
+            },
+            "cannot shard a quantized base",
+        ),
+        (
+            [],
             {"datasets": [{"source": "x"}], "training": {"precision": "fp16"}, "resources": {"gpusPerNode": 0}},
             "fp16 needs GPUs",
         ),
+        (["training", "deepspeed"], {"stage": "zero2", "config": {}}, "set deepspeed.config or deepspeed.stage"),
         (["method"], {"type": "lora", "quantization": {"bits": 4}}, "quantization applies only to type: qlora"),
         (["method"], {"type": "full", "lora": {"rank": 8}}, "lora settings do not apply to type: full"),
         (["training"], {"epochs": 1, "maxSteps": 5}, "set epochs or maxSteps, not both"),
@@ -388,3 +398,11 @@ def test_condition_types_in_kubectl_explain_are_the_ones_the_operator_sets() -> 
     description = schema["properties"]["conditions"]["items"]["properties"]["type"]["description"]
     listed = set(re.findall(r"[A-Z][A-Za-z]+", description.split(":", 1)[1]))
     assert listed == set(st.CONDITION_TYPES)
+
+
+def test_cel_rules_accept_an_own_deepspeed_config() -> None:
+    config = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}
+    assert _cel_ok(_rules(["training", "deepspeed"]), {"config": config}) == []
+    spec = {"datasets": [{"source": "x"}], "method": {"type": "qlora"}, "training": {"deepspeed": {"config": config}}}
+    assert _cel_ok(_rules([]), spec) == []
+    assert _cel_ok(_rules([]), {**spec, "training": {"deepspeed": {"config": {}}}}) == []

@@ -48,6 +48,32 @@ def test_alpaca_with_llamafactory_column_mapping() -> None:
     assert roles(to_conversation(row, "alpaca", mapping)) == [("system", "S"), ("user", "Q?"), ("assistant", "A.")]
 
 
+def test_only_mapped_columns_ignores_the_unmapped_optional_ones_as_llamafactory_does() -> None:
+    row = {
+        "instruction": "Translate",
+        "input": "bonjour",
+        "output": "hello",
+        "system": "You translate.",
+        "history": [["Hi", "Hello!"]],
+        "tools": '[{"name": "dictionary"}]',
+    }
+    # An entry mapping prompt and response only: LLaMA-Factory reads neither input, system, history nor tools.
+    only = Mapping.from_spec(ColumnMapping(prompt="instruction", response="output"), None, only_mapped=True)
+    conv = to_conversation(row, "alpaca", only)
+    assert roles(conv) == [("user", "Translate"), ("assistant", "hello")] and conv.tools is None
+    # What it maps is read.
+    mapped = Mapping.from_spec(ColumnMapping(query="input", system="system"), None, only_mapped=True)
+    assert roles(to_conversation(row, "alpaca", mapped)) == [
+        ("system", "You translate."),
+        ("user", "Translate\nbonjour"),
+        ("assistant", "hello"),
+    ]
+    chat = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}], "system": "S"}
+    only_turns = Mapping.from_spec(ColumnMapping(messages="conversations"), None, only_mapped=True)
+    assert roles(to_conversation(chat, "sharegpt", only_turns)) == [("user", "Hi"), ("assistant", "Hello")]
+    assert roles(to_conversation(chat, "sharegpt", Mapping()))[0] == ("system", "S")  # kubetune's default reads it
+
+
 def test_sharegpt_default_tags_with_function_call_and_observation_and_tools() -> None:
     row = {
         "conversations": [

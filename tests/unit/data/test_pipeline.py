@@ -238,12 +238,18 @@ def test_data_check_command_exit_codes(
     tiny_base_model_dir: Path,
     write_jsonl: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from kubetune.cli import main
 
     good = write_jsonl("good.jsonl", ALPACA)
     assert main(["data", "check", str(good), "--model", str(tiny_model_dir), "--no-preview"]) == 0
     assert "rows read 3, invalid 0" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="kubetune.data"):
+        workers = ["--preprocessing-workers", "2", "--no-preview"]
+        assert main(["data", "check", str(good), "--model", str(tiny_model_dir), *workers]) == 0
+    assert "rows read 3, invalid 0" in capsys.readouterr().out
+    assert "tokenizing 3 conversations (2 processes)" in caplog.text
     # a base model has no chat template: auto cannot work, and the message says what to pick
     assert main(["data", "check", str(good), "--model", str(tiny_base_model_dir)]) == 2
     assert "default or alpaca" in capsys.readouterr().err
@@ -408,3 +414,28 @@ def test_a_row_over_max_row_characters_is_refused_before_tokenizing_honouring_in
     assert report.options["maxRowCharacters"] == 1000
     report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer), max_row_chars=1004)
     assert report.invalid == 0 and report.train_examples == 2
+
+
+def test_preprocessing_workers_tokenize_the_same_examples_under_the_same_cache_key(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_jsonl("d.jsonl", ALPACA)
+    one = prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "one")
+    spec = make_spec([{"source": str(path)}], data={"preprocessingWorkers": 2})
+    with caplog.at_level(logging.INFO, logger="kubetune.data"):
+        two = prepare_data(spec, tokenizer, cache_dir=tmp_path / "two")
+    assert "tokenizing 3 conversations (2 processes)" in caplog.text
+    assert two.train["input_ids"] == one.train["input_ids"]
+    assert two.report.cache_key == one.report.cache_key  # the worker count does not change the data
+
+
+def test_only_mapped_columns_reaches_the_data_layer(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_jsonl("d.jsonl", [{**row, "system": "SECRET SYSTEM"} for row in ALPACA])
+    mapping = {"prompt": "instruction", "query": "input", "response": "output"}
+    read = prepare_data(make_spec([{"source": str(path)}]), tokenizer, cache_dir=tmp_path / "c")
+    spec = make_spec([{"source": str(path), "columns": mapping, "onlyMappedColumns": True}])
+    ignored = prepare_data(spec, tokenizer, cache_dir=tmp_path / "c")
+    assert all("SECRET SYSTEM" in text for text in decoded(tokenizer, read.train))
+    assert not any("SECRET SYSTEM" in text for text in decoded(tokenizer, ignored.train))

@@ -122,7 +122,15 @@ def test_llamafactory_defaults_are_written_where_ours_differ(
     assert training["warmupSteps"] == 0 and "warmupRatio" not in training
     assert training["loggingSteps"] == 500 and training["checkpointEverySteps"] == 500
     assert training["precision"] == "fp32"
-    assert spec["datasets"] == [{"source": str(tmp_path / "mine.jsonl"), "format": "alpaca"}]
+    assert spec["datasets"] == [
+        {
+            "source": str(tmp_path / "mine.jsonl"),
+            "format": "alpaca",
+            # LLaMA-Factory's columns for an entry that maps none, and nothing else read.
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            "onlyMappedColumns": True,
+        }
+    ]
     assert "learningRate: 5.0e-05  # LLaMA-Factory's default" in out
     assert "alpha: 16  # LLaMA-Factory's default: 2 x rank" in out
 
@@ -133,6 +141,7 @@ def test_given_values_win_and_keys_without_equivalent_are_listed(
     text = MINIMAL + (
         "lora_rank: 32\nlora_target: q_proj, v_proj\nwarmup_ratio: 0.1\nbf16: true\nreport_to: wandb\n"
         "ddp_timeout: 9000\nsome_new_key: 1\nmax_steps: 100\nnum_train_epochs: 2.0\ntrain_on_prompt: true\n"
+        "save_only_model: true\ntokenized_path: saves/tok\n"
     )
     assert main(["import", "llamafactory", *write(tmp_path, text)]) == 0
     out = capsys.readouterr().out
@@ -142,7 +151,8 @@ def test_given_values_win_and_keys_without_equivalent_are_listed(
     assert spec["training"]["maxSteps"] == 100 and "epochs" not in spec["training"]
     assert spec["training"]["precision"] == "bf16" and spec["data"]["trainOn"] == "all"
     header = out.split("apiVersion:")[0]
-    assert "#   report_to: wandb" in header and "#   ddp_timeout: 9000" in header
+    assert "#   save_only_model: true" in header and "#   tokenized_path: saves/tok" in header
+    assert spec["training"]["reportTo"] == ["wandb"] and spec["training"]["ddpTimeoutSeconds"] == 9000
     assert "#   some_new_key: 1  (not known to this importer)" in header
 
 
@@ -168,10 +178,24 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
             "format": "sharegpt",
             "columns": {"messages": "conversations", "system": "sys", "tools": "tools"},
             "tags": {"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"},
+            "onlyMappedColumns": True,
             "maxSamples": 50,
         },
-        {"source": "org/alpaca", "format": "alpaca", "columns": {"prompt": "q", "response": "a"}, "maxSamples": 100},
-        {"source": "s3://bkt/p/dev.jsonl", "format": "alpaca", "maxSamples": 100, "split": "validation"},
+        {
+            "source": "org/alpaca",
+            "format": "alpaca",
+            "columns": {"prompt": "q", "response": "a"},  # an `input` column is not read, as in LLaMA-Factory
+            "onlyMappedColumns": True,
+            "maxSamples": 100,
+        },
+        {
+            "source": "s3://bkt/p/dev.jsonl",
+            "format": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+            "onlyMappedColumns": True,
+            "maxSamples": 100,
+            "split": "validation",
+        },
     ]
     assert "maxSamples: 50  # num_samples: LLaMA-Factory draws that many rows at random" in out
 
@@ -182,7 +206,7 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
         ("finetuning_type: freeze\n", None, "finetuning_type: 'freeze' is not supported"),
         ("finetuning_type: oft\n", None, "finetuning_type: 'oft' is not supported"),
         ("quantization_bit: 4\nquantization_method: hqq\n", None, "quantization_method: only bnb"),
-        ("deepspeed: my_ds.json\n", None, "deepspeed: 'my_ds.json' is not one of"),
+        ("deepspeed: my_ds.json\n", None, "deepspeed: 'my_ds.json' not found"),
         ("lr_scheduler_type: cosine_with_restarts\n", None, "lr_scheduler_type: 'cosine_with_restarts'"),
         ("template: glm4\n", None, "template: 'glm4' is not a template kubetune has"),
         ("template: qwen3\nenable_thinking: false\n", None, "enable_thinking: false with the reasoning template"),
@@ -237,3 +261,31 @@ def test_a_key_whose_meaning_differs_is_commented_on_its_field(
     assert "cutoffLen: 1024  # truncation keeps or drops whole turns" in out
     assert "stage: zero2  # the DeepSpeed config is generated" in out
     assert yaml.safe_load(out)["spec"]["training"]["deepspeed"] == {"stage": "zero2", "offload": "cpu"}
+
+
+def test_a_deepspeed_json_that_is_found_travels_in_the_job(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    own = {"zero_optimization": {"stage": 3, "sub_group_size": 1e9}, "train_micro_batch_size_per_gpu": "auto"}
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "ds_z3_config.json").write_text(json.dumps(own))
+    args = write(tmp_path, MINIMAL + "deepspeed: ds/ds_z3_config.json\n")
+    assert main(["import", "llamafactory", *args]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["spec"]["training"]["deepspeed"] == {"config": own}
+    assert "# from ds/ds_z3_config.json, used as is" in out
+
+
+def test_trackers_workers_and_timeout_map_to_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = (
+        MINIMAL + "report_to: [tensorboard, swanlab]\nddp_timeout: 180000000\n"
+        "dataloader_num_workers: 4\npreprocessing_num_workers: 16\n"
+    )
+    assert main(["import", "llamafactory", *write(tmp_path, text)]) == 0
+    out = capsys.readouterr().out
+    spec = yaml.safe_load(out)["spec"]
+    assert spec["training"]["reportTo"] == ["tensorboard"]
+    assert spec["training"]["ddpTimeoutSeconds"] == 180000000
+    assert spec["training"]["dataloaderWorkers"] == 4
+    assert spec["data"]["preprocessingWorkers"] == 16
+    assert "swanlab  (kubetune reports to tensorboard, wandb, mlflow)" in out
+    assert main(["import", "llamafactory", *write(tmp_path, MINIMAL + "report_to: none\n")]) == 0
+    assert "reportTo" not in yaml.safe_load(capsys.readouterr().out)["spec"].get("training", {})

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -146,11 +148,46 @@ def test_work_dir_is_unique_per_output_uri(tmp_path):
 
 
 def test_ddp_timeout_is_generous_and_configurable(tmp_path):
-    from kubetune.trainer.recipe import ddp_timeout, training_arguments
+    from kubetune.api.v1alpha1 import TrainingSpec
+    from kubetune.trainer.recipe import training_arguments
 
-    assert ddp_timeout({}) == 4 * 3600
-    assert ddp_timeout({"KUBETUNE_DDP_TIMEOUT_S": "600"}) == 600
-    with pytest.raises(TrainerError):
-        ddp_timeout({"KUBETUNE_DDP_TIMEOUT_S": "soon"})
-    cfg = load_run_config(_job_file(tmp_path), {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")})
-    assert training_arguments(cfg).ddp_timeout == 4 * 3600
+    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
+    assert training_arguments(load_run_config(_job_file(tmp_path), env)).ddp_timeout == 4 * 3600
+    cfg = load_run_config(_job_file(tmp_path, training={"ddpTimeoutSeconds": 600}), env)
+    assert training_arguments(cfg).ddp_timeout == 600
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        TrainingSpec.model_validate({"ddpTimeoutSeconds": 0})
+
+
+def test_dataloader_workers_reach_the_trainer(tmp_path):
+    from kubetune.trainer.recipe import training_arguments
+
+    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
+    assert training_arguments(load_run_config(_job_file(tmp_path), env)).dataloader_num_workers == 0
+    cfg = load_run_config(_job_file(tmp_path, training={"dataloaderWorkers": 4}), env)
+    assert training_arguments(cfg).dataloader_num_workers == 4
+
+
+def test_report_to_tensorboard_writes_under_the_work_dir(tmp_path, monkeypatch):
+    from kubetune.trainer.recipe import tensorboard_dir, training_arguments
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "elsewhere")  # restored after the test: the recipe sets it
+    env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
+    assert training_arguments(load_run_config(_job_file(tmp_path), env)).report_to == []
+    cfg = load_run_config(_job_file(tmp_path, training={"reportTo": ["tensorboard"]}), env)
+    assert training_arguments(cfg).report_to == ["tensorboard"]
+    assert tensorboard_dir(cfg).parent == cfg.work_dir
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tensorboard_dir(cfg))
+    assert cfg.output.tensorboard == "s3://out/runs/demo/tensorboard"
+
+
+def test_report_to_a_tracker_the_image_lacks_is_a_config_error(tmp_path):
+    import importlib.util
+
+    from kubetune.trainer.recipe import training_arguments
+
+    assert importlib.util.find_spec("mlflow") is None  # the test environment, like the image, has no mlflow
+    cfg = load_run_config(_job_file(tmp_path, training={"reportTo": ["mlflow"]}), {"KUBETUNE_CACHE_DIR": str(tmp_path)})
+    with pytest.raises(TrainerError, match="reportTo: mlflow needs the Python package mlflow") as info:
+        training_arguments(cfg)
+    assert info.value.code == 2

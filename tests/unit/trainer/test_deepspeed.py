@@ -48,3 +48,44 @@ def test_written_file_is_the_config(tmp_path):
     path = write_config(DeepSpeedSpec(stage="zero2"), tmp_path)
     assert path is not None
     assert json.loads(Path(path).read_text()) == zero_config(DeepSpeedSpec(stage="zero2"))
+
+
+# LLaMA-Factory 0.9.5's examples/deepspeed/ds_z3_config.json (abridged), as users bring it.
+LF_Z3 = {
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16},
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 3, "overlap_comm": False, "stage3_gather_16bit_weights_on_model_save": True},
+}
+
+
+def test_own_config_is_written_as_is(tmp_path):
+    path = write_config(DeepSpeedSpec(config=LF_Z3), tmp_path)
+    assert path is not None
+    assert json.loads(Path(path).read_text()) == LF_Z3
+    assert DeepSpeedSpec(config=LF_Z3).zero_stage == 3
+    assert DeepSpeedSpec(config={"zero_optimization": {"stage": 0}}).zero_stage == 0
+    assert DeepSpeedSpec(stage="zero2").zero_stage == 2 and DeepSpeedSpec().zero_stage is None
+
+
+def test_own_config_and_generated_settings_exclude_each_other():
+    with pytest.raises(ValueError, match="not both"):
+        DeepSpeedSpec(stage="zero3", config=LF_Z3)
+
+
+def test_qlora_refuses_a_zero3_config_of_its_own():
+    from kubetune.api.v1alpha1 import FineTuneJobSpec
+
+    spec = {
+        "model": {"source": "s3://models/base/"},
+        "datasets": [{"source": "s3://data/x.jsonl"}],
+        "output": {"uri": "s3://out/run/"},
+        "method": {"type": "qlora"},
+    }
+    FineTuneJobSpec.model_validate({**spec, "training": {"deepspeed": {"config": {"zero_optimization": {"stage": 2}}}}})
+    with pytest.raises(ValueError, match="qlora cannot shard a quantized base with deepspeed zero3"):
+        FineTuneJobSpec.model_validate({**spec, "training": {"deepspeed": {"config": LF_Z3}}})
