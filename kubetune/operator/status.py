@@ -44,6 +44,7 @@ from kubetune.api.conditions import (
     TRAINING,
     VALIDATED,
 )
+from kubetune.api.v1alpha1 import MUTABLE_SPEC_FIELDS
 from kubetune.operator.backends import PYTORCHJOB, TRAINJOB, JobApi
 
 OPERATOR_FIELDS = (
@@ -56,8 +57,6 @@ OPERATOR_FIELDS = (
     "startTime",
     "completionTime",
 )
-# The only spec fields that may change once the training job exists (propagated, not re-rendered).
-MUTABLE_SPEC_FIELDS = ("suspend",)
 
 
 @dataclass(frozen=True)

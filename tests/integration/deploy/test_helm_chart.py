@@ -51,6 +51,8 @@ REQUIRED_NAMESPACED = {
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create"},
     ("", "events"): {"create"},
     ("", "pods"): {"list"},
+    # Suspend/resume of a Kueue-managed job: its Workload's spec.active, found by owner reference.
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
 
 
