@@ -43,6 +43,7 @@ RETRY_INTERVAL = 10.0
 # Between looks at a Pending job's pods: why they wait (Unschedulable, ImagePullBackOff) changes no
 # training job status, so no watch event would bring it.
 WAITING_INTERVAL = 10.0
+PEERING_LIFETIME = 15  # seconds
 DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as optional
 
 
@@ -58,6 +59,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Handlers are sync and spend their time waiting on the API server, not on the CPU: more threads
     # than Python's default (cores + 4) keep a burst of new jobs from queueing behind each other.
     settings.execution.max_workers = 16
+    # With --peering (2+ replicas): a replica killed without cleanup (SIGKILL, node loss) is taken
+    # over once its record is this old; a SIGTERM'd one removes its record and is replaced at once.
+    settings.peering.lifetime = PEERING_LIFETIME
     # Refresh watches now and then so that a silently dropped connection cannot stall the operator.
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660

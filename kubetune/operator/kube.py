@@ -25,6 +25,8 @@ CUSTOM_KINDS = {
     "TrainingRuntime": TRAININGRUNTIME,
 }
 MERGE_PATCH = "application/merge-patch+json"
+# Kopf's peering object (cluster-wide), through which 2+ operator replicas agree which one acts.
+CLUSTER_PEERING = ("kopf.dev", "v1", "clusterkopfpeerings")
 # Kueue's Workload: one per queued training job, owned by it. `spec.active: false` is Kueue's
 # supported way to stop a job it manages (it evicts the Workload and suspends the job itself).
 WORKLOAD = ("kueue.x-k8s.io", "v1beta1", "workloads")
@@ -100,6 +102,20 @@ class Kube:
             namespace, label_selector=f"{job_api.pod_label}={name}", _preload_content=False
         )
         return list(json.loads(response.data).get("items") or [])
+
+    # ---- replicas ------------------------------------------------------------------------------
+
+    def ensure_peering(self, name: str) -> None:
+        """Create the ClusterKopfPeering `name` if missing: Kopf needs it and does not make it (the
+        chart ships only its CRD: a custom resource in the same Helm release as its CRD fails to
+        install)."""
+        group, version, plural = CLUSTER_PEERING
+        body = {"apiVersion": f"{group}/{version}", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        try:
+            self.custom.create_cluster_custom_object(group, version, plural, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
     # ---- Kueue -------------------------------------------------------------------------------
 

@@ -277,6 +277,14 @@ class OperatorProcess:
         self.starts = 0
 
     @property
+    def mode(self) -> tuple[str, ...]:
+        """Standalone, unless the scope asks for peering with other replicas."""
+        return () if "--peering" in self.scope else ("--standalone",)
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("operator-*.log")))
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / f"operator-{self.starts}.log"
 
@@ -284,7 +292,7 @@ class OperatorProcess:
         self.starts += 1
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", *self.scope, "--standalone"],
+            [sys.executable, "-m", "kubetune.cli", "operator", *self.scope, *self.mode],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
