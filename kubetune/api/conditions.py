@@ -11,10 +11,15 @@ Phases (`status.phase`), from the child of the job's backend (`status.backend`):
 | Succeeded                           | Complete                       | Succeeded                           |
 | runPolicy.suspend                   | spec.suspend                   | Suspended if spec.suspend, else     |
 |                                     |                                | Queued (Kueue)                      |
-| Suspended (runPolicy.suspend false) | Suspended (spec.suspend false) | Suspended (resuming)                |
+| Suspended (runPolicy.suspend false) | Suspended (spec.suspend false) | Suspended (resuming; only while     |
+|                                     |                                | spec.suspend is false)              |
 | Restarting                          | -                              | Training (Running=False)            |
-| Running                             | every jobsStatus entry ready   | Exporting if progress.stage is      |
+| Running, all replicaStatuses active | every jobsStatus entry ready   | Exporting if progress.stage is      |
 |                                     |                                | exporting or uploading, else Training |
+
+While Pending, the Running condition carries why the pods wait (Unschedulable, ImagePullBackOff,
+CreateContainerConfigError: the pod's own reason); with spec.suspend true and a job that still runs
+(Kueue started it), Suspended is False with reason Suspending.
 """
 
 from __future__ import annotations

@@ -89,6 +89,26 @@ def _schema_of(model: type[api.BaseModel]) -> dict[str, Any]:
     return result
 
 
+def immutable_spec_rule(spec_fields: list[str]) -> dict[str, str]:
+    """A transition rule refusing a spec edit (but spec.suspend) at admission once the operator has
+    recorded the training job in status (status.pytorchJob or status.trainJob). On the root: a rule
+    on spec cannot see status. Before that is recorded, the operator refuses the edit itself
+    (SpecApplied=False) and, before it has made anything, simply renders the edited spec."""
+    same = [
+        f"(has(self.spec.{f}) ? has(oldSelf.spec.{f}) && self.spec.{f} == oldSelf.spec.{f} : !has(oldSelf.spec.{f}))"
+        for f in spec_fields
+        if f not in api.MUTABLE_SPEC_FIELDS
+    ]
+    started = "has(oldSelf.status) && (has(oldSelf.status.pytorchJob) || has(oldSelf.status.trainJob))"
+    return {
+        "rule": f"!({started}) || ({' && '.join(same)})",
+        "message": (
+            "the training job exists: only spec.suspend may change. Delete and re-create the FineTuneJob "
+            "to change anything else"
+        ),
+    }
+
+
 def openapi_schema() -> dict[str, Any]:
     """The structural openAPIV3Schema of FineTuneJob."""
     spec = _schema_of(api.FineTuneJobSpec)
@@ -98,6 +118,7 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": (api.FineTuneJob.__doc__ or "").strip(),
         "required": ["spec"],
+        "x-kubernetes-validations": [immutable_spec_rule(list(spec["properties"]))],
         "properties": {
             "apiVersion": {"type": "string", "description": "kubetune.io/v1alpha1"},
             "kind": {"type": "string", "description": "FineTuneJob"},

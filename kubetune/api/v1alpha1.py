@@ -868,6 +868,11 @@ class EnvVarSpec(_Model):
         return self
 
 
+# The only spec fields that may change once the training job exists (the operator propagates them;
+# the CRD's transition rule and the operator's SpecApplied=False refuse any other edit).
+MUTABLE_SPEC_FIELDS = ("suspend",)
+
+
 class FineTuneJobSpec(_Model):
     """What to fine-tune, on what data, how, where, and where the result goes."""
 

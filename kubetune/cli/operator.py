@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 
 ORDER = 60
@@ -48,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--standalone", action="store_true", help="do not coordinate with other operator replicas (Kopf peering off)"
     )
+    parser.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="run as one of several replicas: coordinate through the Kopf peering object NAME (the one "
+        "with the highest priority acts, the others wait; each replica draws a random priority)",
+    )
     parser.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port (0 = off)")
     parser.add_argument("--health-port", type=int, metavar="PORT", help="/healthz port (0 = off)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         overrides["log_level"] = "DEBUG"
     config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+    if args.standalone and args.peering:
+        print("kubetune operator: use --standalone or --peering, not both", file=sys.stderr)
+        return 2
+    if args.peering and not config.clusterwide:
+        print("kubetune operator: --peering needs cluster-wide mode (all namespaces)", file=sys.stderr)
+        return 2
     config.apply_to_env(os.environ)  # the startup handler reads the same settings back
 
     import kopf
@@ -91,8 +104,15 @@ def run(args: argparse.Namespace) -> int:
     for noisy in ("kubernetes", "urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, config.log_level_number))
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    if args.peering:
+        from kubetune.operator.kube import Kube, connect
+
+        Kube(connect()).ensure_peering(args.peering)
     kopf.run(
         standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        # Distinct priorities: Kopf pauses every replica when two share the highest one.
+        priority=secrets.randbelow(2**31 - 1) + 1 if args.peering else None,
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,

@@ -9,6 +9,12 @@
   from the stored pair (level-triggered: the result depends on what is stored, not on which event
   came); a training job deleted before the job ended is created again (also on resume, for one
   deleted while the operator was down);
+- a timer, only while a job is Pending after its training job was made: the pods' waiting reason
+  (Unschedulable with the scheduler's message, ImagePullBackOff, CreateContainerConfigError) into
+  status, as no training job event brings it;
+- for a job Kueue manages (queue label), suspend and resume go through its Workload's spec.active
+  (Kueue un-suspends an admitted job), and a job Kueue started while spec.suspend is true is
+  deactivated again;
 - a timer, only while a re-creation has failed (PyTorchJobCreated=False on an unfinished job: an
   API blip, the CRD being reinstalled): tried again with Kopf's retry delays, never by sleeping.
 
@@ -26,7 +32,7 @@ import kopf
 from kubetune.api import v1alpha1 as api
 from kubetune.operator import backends, metrics
 from kubetune.operator.kube import Kube, connect
-from kubetune.operator.reconcile import Reconciler, owner_of, recreation_failed
+from kubetune.operator.reconcile import Reconciler, owner_of, recreation_failed, waiting_to_run
 from kubetune.operator.settings import OperatorConfig
 from kubetune.render import RenderSettings
 
@@ -34,6 +40,10 @@ FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "kubetune"}
 # Between attempts to re-create a lost PyTorchJob after one failed (TemporaryError delays come first).
 RETRY_INTERVAL = 10.0
+# Between looks at a Pending job's pods: why they wait (Unschedulable, ImagePullBackOff) changes no
+# training job status, so no watch event would bring it.
+WAITING_INTERVAL = 10.0
+PEERING_LIFETIME = 15  # seconds
 DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as optional
 
 
@@ -49,6 +59,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Handlers are sync and spend their time waiting on the API server, not on the CPU: more threads
     # than Python's default (cores + 4) keep a burst of new jobs from queueing behind each other.
     settings.execution.max_workers = 16
+    # With --peering (2+ replicas): a replica killed without cleanup (SIGKILL, node loss) is taken
+    # over once its record is this old; a SIGTERM'd one removes its record and is replaced at once.
+    settings.peering.lifetime = PEERING_LIFETIME
     # Refresh watches now and then so that a silently dropped connection cannot stall the operator.
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
@@ -59,7 +72,12 @@ def _quiet_status_watchers(record: logging.LogRecord) -> bool:
     if record.levelno != logging.INFO or logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         return True
     return not str(record.msg).startswith(
-        ("Handler 'follow_finetunejob'", "Handler 'follow_pytorchjob'", "Handler 'follow_trainjob'")
+        (
+            "Handler 'follow_finetunejob'",
+            "Handler 'follow_pytorchjob'",
+            "Handler 'follow_trainjob'",
+            "Timer 'recheck_waiting'",
+        )
     )
 
 
@@ -100,6 +118,11 @@ def create_children(namespace: str | None, name: str, retry: int, memo: kopf.Mem
 @kopf.timer(*FTJ, interval=RETRY_INTERVAL, when=lambda status, **_: recreation_failed(status))
 def retry_recreation(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, kwargs.get("retry", 0), handler="recreate")
+
+
+@kopf.timer(*FTJ, interval=WAITING_INTERVAL, when=lambda status, **_: waiting_to_run(status))
+def recheck_waiting(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.sync_status(namespace or DEFAULT_NS, name)
 
 
 @kopf.on.update(*FTJ, field="spec.suspend")

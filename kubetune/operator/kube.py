@@ -25,6 +25,11 @@ CUSTOM_KINDS = {
     "TrainingRuntime": TRAININGRUNTIME,
 }
 MERGE_PATCH = "application/merge-patch+json"
+# Kopf's peering object (cluster-wide), through which 2+ operator replicas agree which one acts.
+CLUSTER_PEERING = ("kopf.dev", "v1", "clusterkopfpeerings")
+# Kueue's Workload: one per queued training job, owned by it. `spec.active: false` is Kueue's
+# supported way to stop a job it manages (it evicts the Workload and suspends the job itself).
+WORKLOAD = ("kueue.x-k8s.io", "v1beta1", "workloads")
 
 
 def connect() -> client.ApiClient:
@@ -97,6 +102,43 @@ class Kube:
             namespace, label_selector=f"{job_api.pod_label}={name}", _preload_content=False
         )
         return list(json.loads(response.data).get("items") or [])
+
+    # ---- replicas ------------------------------------------------------------------------------
+
+    def ensure_peering(self, name: str) -> None:
+        """Create the ClusterKopfPeering `name` if missing: Kopf needs it and does not make it (the
+        chart ships only its CRD: a custom resource in the same Helm release as its CRD fails to
+        install)."""
+        group, version, plural = CLUSTER_PEERING
+        body = {"apiVersion": f"{group}/{version}", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        try:
+            self.custom.create_cluster_custom_object(group, version, plural, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    # ---- Kueue -------------------------------------------------------------------------------
+
+    def workloads_of(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+        """The Kueue Workloads owned by a training job (none where Kueue is not installed)."""
+        group, version, plural = WORKLOAD
+        try:
+            listed = self.custom.list_namespaced_custom_object(group, version, namespace, plural)
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return [
+            dict(w)
+            for w in listed.get("items") or []
+            if any(ref.get("uid") == owner_uid for ref in (w.get("metadata") or {}).get("ownerReferences") or [])
+        ]
+
+    def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        group, version, plural = WORKLOAD
+        self.custom.patch_namespaced_custom_object(
+            group, version, namespace, plural, name, {"spec": {"active": active}}, _content_type=MERGE_PATCH
+        )
 
     # ---- children ----------------------------------------------------------------------------
 

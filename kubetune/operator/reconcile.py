@@ -28,6 +28,7 @@ from kubetune.operator.backends import JobApi
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
 from kubetune.render import RenderSettings, build_children, cluster_problems, job_name, resolve_backend
+from kubetune.render.pod import QUEUE_NAME_LABEL
 
 MAX_BACKOFF = 60.0
 
@@ -190,11 +191,39 @@ class Reconciler:
             child = self.kube.get_job(job_api, namespace, child_name) if body and job_api else None
             if body is None or job_api is None or child is None or not _owned_by(child, body["metadata"].get("uid")):
                 return  # not created yet: it will be rendered with the current spec.suspend
+            if self._hold_in_queue(body, job_api, child, suspend):
+                return
             if job_api.suspended(child) is suspend:
                 return
             self.kube.patch_job(job_api, namespace, child_name, job_api.suspend_patch(suspend))
             reason = c.REASON_SUSPENDING if suspend else c.REASON_RESUMING
             self._event(body, "Normal", reason, f"{reason} {job_api.kind} {child_name}")
+
+    def _hold_in_queue(self, body: Mapping[str, Any], job_api: JobApi, child: Mapping[str, Any], suspend: bool) -> bool:
+        """Suspend or resume a job that Kueue manages through its Workload's spec.active: Kueue
+        un-suspends an admitted job, so patching the job's own suspend would be reverted (and the
+        job would train on). A deactivated Workload is evicted, its job suspended by Kueue and not
+        admitted again until activated. False when the child has no Workload (Kueue not installed,
+        or it has not made one yet): then the job's suspend is set directly, and this runs again
+        on the job's next change (sync_status) to catch a revert."""
+        meta = child.get("metadata") or {}
+        if QUEUE_NAME_LABEL not in (meta.get("labels") or {}):
+            return False
+        namespace = meta["namespace"]
+        workloads = self.kube.workloads_of(namespace, meta["uid"])
+        for workload in workloads:
+            active = ((workload.get("spec") or {}).get("active")) is not False
+            if active is suspend:
+                self.kube.set_workload_active(namespace, workload["metadata"]["name"], not suspend)
+                reason = c.REASON_SUSPENDING if suspend else c.REASON_RESUMING
+                verb = "deactivated" if suspend else "activated"
+                self._event(
+                    body,
+                    "Normal",
+                    reason,
+                    f"{reason} {job_api.kind} {meta['name']}: {verb} Kueue Workload {workload['metadata']['name']}",
+                )
+        return bool(workloads)
 
     # ---- status --------------------------------------------------------------------------------
 
@@ -232,6 +261,8 @@ class Reconciler:
                 child = dict(deleted)
             if child is not None and not _owned_by(child, uid):
                 child = None
+            if child is not None and (body.get("spec") or {}).get("suspend") and not job_api.suspended(child):
+                self._hold_in_queue(body, job_api, child, True)  # Kueue admitted a job the user suspended
             observed = st.Observed(
                 generation=body["metadata"].get("generation"),
                 spec=body.get("spec") or {},
@@ -241,6 +272,7 @@ class Reconciler:
                 job=child,
                 now=now_rfc3339(),
                 pod_failure=self._pod_failure(namespace, job_api, child_name, child, status),
+                pod_waiting=self._pod_waiting(namespace, job_api, child_name, child, body),
             )
             desired, events = st.observe(observed)
             self._patch_status(body, st.status_patch(status, desired))
@@ -256,6 +288,17 @@ class Reconciler:
         if not failed_now or status.get("phase") == c.FAILED:
             return None
         return st.pod_failure(self.kube.job_pods(job_api, namespace, name))
+
+    def _pod_waiting(
+        self, namespace: str, job_api: JobApi, name: str, child: dict[str, Any] | None, body: Mapping[str, Any]
+    ) -> tuple[str, str] | None:
+        """Why the pods of a started, not yet training job wait (looked up only then)."""
+        if child is None or job_api.suspended(child):
+            return None
+        suspend = bool((body.get("spec") or {}).get("suspend"))
+        if st.job_phase(job_api, child, user_suspended=suspend, stage=None)[0] != c.PENDING:
+            return None
+        return st.pod_waiting(self.kube.job_pods(job_api, namespace, name))
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget(namespace, name)
@@ -273,6 +316,13 @@ def awaiting_result(status: Mapping[str, Any]) -> bool:
     an end: the model is uploaded, and a training job deleted right after it must not train again."""
     done = (status.get("progress") or {}).get("stage") == "done"
     return backends.child_made(status) and status.get("phase") not in c.FINISHED and not done
+
+
+def waiting_to_run(status: Mapping[str, Any]) -> bool:
+    """A job whose training job was made but does not train yet: its pods may be stuck (no GPU, an
+    image that does not pull, a missing Secret), which changes no training job status; the
+    re-check timer's filter."""
+    return backends.child_made(status) and status.get("phase") == c.PENDING
 
 
 def recreation_failed(status: Mapping[str, Any]) -> bool:

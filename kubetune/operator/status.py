@@ -34,6 +34,7 @@ from kubetune.api.conditions import (
     REASON_RESTARTING,
     REASON_RESUMED,
     REASON_SPEC_IMMUTABLE,
+    REASON_SUSPENDING,
     REASON_VALID,
     RUNNING,
     SPEC_APPLIED,
@@ -43,6 +44,7 @@ from kubetune.api.conditions import (
     TRAINING,
     VALIDATED,
 )
+from kubetune.api.v1alpha1 import MUTABLE_SPEC_FIELDS
 from kubetune.operator.backends import PYTORCHJOB, TRAINJOB, JobApi
 
 OPERATOR_FIELDS = (
@@ -55,8 +57,6 @@ OPERATOR_FIELDS = (
     "startTime",
     "completionTime",
 )
-# The only spec fields that may change once the training job exists (propagated, not re-rendered).
-MUTABLE_SPEC_FIELDS = ("suspend",)
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class Observed:
     job: dict[str, Any] | None  # the PyTorchJob or TrainJob as stored
     now: str
     pod_failure: tuple[str, str] | None = None  # (reason, message) of the failed training container
+    pod_waiting: tuple[str, str] | None = None  # (reason, message): why a Pending job's pods do not run
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,13 +245,28 @@ def pytorchjob_phase(
         return SUCCEEDED, true[SUCCEEDED]
     if PYTORCHJOB.suspended(pytorchjob):  # by the user, or by a queue (Kueue) that has not admitted the job yet
         return (SUSPENDED if user_suspended else QUEUED), true.get(SUSPENDED)
-    if SUSPENDED in true:  # resumed, but the training operator has not started the pods yet
+    if SUSPENDED in true and not user_suspended:  # resumed, but the training operator has not started the pods yet
         return SUSPENDED, true[SUSPENDED]
     if "Restarting" in true:
         return TRAINING, true["Restarting"]
-    if "Running" in true:
+    if "Running" in true and _all_replicas_active(pytorchjob):
         return (EXPORTING if stage in EXPORT_STAGES else TRAINING), true["Running"]
     return PENDING, true.get("Created")
+
+
+def _all_replicas_active(pytorchjob: dict[str, Any]) -> bool:
+    """Whether every replica's pod runs (or ran to the end). The Training Operator says Running as soon
+    as the master runs; workers still Pending (no GPU, no image) would hold it at the rendezvous.
+    A PyTorchJob without replicaStatuses is taken at its word."""
+    counts = (pytorchjob.get("status") or {}).get("replicaStatuses")
+    if not counts:
+        return True
+    specs = (pytorchjob.get("spec") or {}).get("pytorchReplicaSpecs") or {}
+    return all(
+        ((counts.get(kind) or {}).get("active") or 0) + ((counts.get(kind) or {}).get("succeeded") or 0)
+        >= (spec or {}).get("replicas", 1)
+        for kind, spec in specs.items()
+    )
 
 
 def trainjob_phase(
@@ -267,7 +283,7 @@ def trainjob_phase(
         return SUCCEEDED, true["Complete"]
     if TRAINJOB.suspended(trainjob):  # by the user, or by a queue (Kueue) that has not admitted it yet
         return (SUSPENDED if user_suspended else QUEUED), true.get(SUSPENDED)
-    if SUSPENDED in true:  # resumed, but the Trainer has not started the pods yet
+    if SUSPENDED in true and not user_suspended:  # resumed, but the Trainer has not started the pods yet
         return SUSPENDED, true[SUSPENDED]
     jobs = (trainjob.get("status") or {}).get("jobsStatus") or []
     if jobs and all((j.get("ready") or 0) > 0 or (j.get("succeeded") or 0) > 0 for j in jobs):
@@ -318,6 +334,30 @@ def pod_failure(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+# Container waiting reasons that are a normal start, not a reason to tell the user about.
+STARTING = ("ContainerCreating", "PodInitializing")
+
+
+def pod_waiting(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why training pods do not run yet: the first one the scheduler cannot place (Unschedulable, with
+    its message: '0/8 nodes are available: 8 Insufficient nvidia.com/gpu'), or whose container waits
+    for a reason other than starting (ImagePullBackOff, CreateContainerConfigError for a missing
+    Secret, CrashLoopBackOff)."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("name", "")):
+        name = pod.get("metadata", {}).get("name", "")
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason"):
+                return str(cond["reason"]), f"pod {name}: {cond.get('message') or cond['reason']}"
+        for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason and reason not in STARTING:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                return str(reason), f"pod {name}: {reason}{detail}"
+    return None
+
+
 def _last_line(message: Any) -> str:
     """The last non-blank line of a termination message ('' for none: a blank log says nothing)."""
     lines = [line.strip() for line in str(message or "").splitlines() if line.strip()]
@@ -357,19 +397,14 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
         conds, events = _spec_condition(conds, obs, gen, now)
     else:
         events = []
+    if phase == PENDING and obs.pod_waiting:  # the pods' own reason says more than "Pending"
+        reason, pj_message = obs.pod_waiting
+        before = find_condition(conds, RUNNING) or {}
+        if (before.get("reason"), before.get("message")) != obs.pod_waiting:
+            events.append(Event("Warning", reason, pj_message))
     running = phase in (TRAINING, EXPORTING) and reason != REASON_RESTARTING
     conds = set_condition(conds, condition(RUNNING, running, reason, pj_message, now, gen))
-    conds = set_condition(
-        conds,
-        condition(
-            SUSPENDED,
-            phase in (SUSPENDED, QUEUED),
-            reason if phase in (SUSPENDED, QUEUED) else REASON_NOT_SUSPENDED,
-            pj_message if phase in (SUSPENDED, QUEUED) else "",
-            now,
-            gen,
-        ),
-    )
+    conds = set_condition(conds, _suspended_condition(obs, phase, reason, pj_message, now))
 
     if phase == SUCCEEDED:
         where = outputs.get("model") or outputs.get("adapter") or (obs.spec.get("output") or {}).get("uri", "")
@@ -397,6 +432,20 @@ def observe(obs: Observed) -> tuple[dict[str, Any], list[Event]]:
     if phase != old_phase:
         events.append(_phase_event(old_phase, phase, conds, obs.job_api.kind))
     return out, events
+
+
+def _suspended_condition(obs: Observed, phase: str, reason: str, message: str, now: str) -> dict[str, Any]:
+    if phase in (SUSPENDED, QUEUED):
+        return condition(SUSPENDED, True, reason, message, now, obs.generation)
+    if obs.spec.get("suspend") and obs.job is not None and phase not in FINISHED:
+        # Asked for but not (yet) done: a queue (Kueue) started the job again, or its pods are still
+        # stopping. The operator deactivates the job's Kueue Workload; this says so until it stops.
+        still = (
+            f"spec.suspend is true but the {obs.job_api.kind} is not suspended (phase {phase}); "
+            "waiting for it to stop (a Kueue-managed job stops once its Workload is deactivated)"
+        )
+        return condition(SUSPENDED, False, REASON_SUSPENDING, still, now, obs.generation)
+    return condition(SUSPENDED, False, REASON_NOT_SUSPENDED, "", now, obs.generation)
 
 
 def _spec_condition(

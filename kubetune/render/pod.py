@@ -226,11 +226,15 @@ def _tolerations(spec: api.FineTuneJobSpec) -> list[dict[str, Any]]:
     return []
 
 
+# Where Kueue looks for a job's LocalQueue; a child with it is Kueue's to start and stop.
+QUEUE_NAME_LABEL = "kueue.x-k8s.io/queue-name"
+
+
 def queue_labels(job: api.FineTuneJob) -> dict[str, str]:
     """Kueue's labels, for the object Kueue manages (the PyTorchJob or the TrainJob)."""
     out: dict[str, str] = {}
     if job.spec.queue_name:
-        out["kueue.x-k8s.io/queue-name"] = job.spec.queue_name
+        out[QUEUE_NAME_LABEL] = job.spec.queue_name
     if job.spec.priority:
         out["kueue.x-k8s.io/priority-class"] = job.spec.priority
     return out

@@ -51,6 +51,8 @@ REQUIRED_NAMESPACED = {
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create"},
     ("", "events"): {"create"},
     ("", "pods"): {"list"},
+    # Suspend/resume of a Kueue-managed job: its Workload's spec.active, found by owner reference.
+    ("kueue.x-k8s.io", "workloads"): {"list", "patch"},
 }
 
 
@@ -227,7 +229,7 @@ def test_operator_deployment_is_one_hardened_replica(render: Render, values: Pat
 def test_defaults_image_tags_follow_app_version_and_all_namespaces(render: Render) -> None:
     docs = render()
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert container["image"] == f"ghcr.io/kubetune/operator:{APP_VERSION}"
     assert env["KUBETUNE_TRAINER_IMAGE"] == f"ghcr.io/kubetune/trainer:{APP_VERSION}"
     assert env["KUBETUNE_NAMESPACES"] == ""
@@ -241,7 +243,7 @@ def test_digest_wins_over_tag_and_trainer_settings_reach_the_operator(render: Re
     deployment = _one(docs, "Deployment")
     assert deployment["metadata"]["name"] == "ft-operator"
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert container["image"] == (
         "registry.example/ml/kubetune-operator@sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
     )
@@ -294,7 +296,7 @@ def test_namespaced_rbac_grants_nothing_namespaced_cluster_wide(render: Render) 
         assert _beyond(grants[namespace], REQUIRED_NAMESPACED) == [], namespace
         assert _covers(grants[namespace], trainer_role_grants()) == [], namespace
     (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["KUBETUNE_NAMESPACES"] == "ml-team-a,ml-team-b"
     assert env["KUBETUNE_DEFAULT_BACKEND"] == "pytorchjob"
     assert env["HTTPS_PROXY"] == "http://proxy.example:3128"
@@ -382,3 +384,21 @@ def test_notes_give_next_steps(helm: Path) -> None:
     assert "pytorchjobs.kubeflow.org" in notes
     assert "crds.enabled is false" in notes
     assert "the namespaces: ml-a" in notes
+
+
+def test_two_replicas_peer_and_one_stays_standalone(render: Render) -> None:
+    single = _one(render(), "Deployment")["spec"]
+    assert single["replicas"] == 1 and single["strategy"]["type"] == "Recreate"
+    assert single["template"]["spec"]["containers"][0]["args"] == ["operator", "--standalone"]
+    assert not [d for d in render() if d["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"]
+
+    docs = render(set_values=["replicaCount=2"])
+    spec = _one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["operator", "--peering"]
+    (pod_id,) = [e for e in container["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "Kopf's identity: the pod"
+    assert [d for d in docs if d["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"]
+    with pytest.raises(AssertionError, match="needs cluster-wide mode"):
+        render(set_values=["replicaCount=2", "watchNamespaces={ml-team-a}"])

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -144,6 +145,26 @@ class Cluster:
             name, "default", {"status": {"containerStatuses": [container]}}, _content_type=MERGE
         )
 
+    def create_waiting_pod(
+        self, name: str, job: str, label: str, *, conditions: Any = (), waiting: dict[str, str] | None = None
+    ) -> None:
+        """A training pod that does not run: the scheduler's `conditions` (PodScheduled=False), or
+        its container `waiting` (reason, message) as the kubelet reports it."""
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {label: job}},
+            "spec": {"containers": [{"name": "trainer", "image": "trainer"}]},
+        }
+        self.core.create_namespaced_pod("default", pod)
+        status: dict[str, Any] = {"phase": "Pending", "conditions": list(conditions)}
+        if waiting is not None:
+            status["containerStatuses"] = [
+                {"name": "trainer", "image": "trainer", "imageID": "", "ready": False, "restartCount": 0}
+                | {"state": {"waiting": waiting}}
+            ]
+        self.core.patch_namespaced_pod_status(name, "default", {"status": status}, _content_type=MERGE)
+
     def pytorchjob(self, name: str) -> dict[str, Any] | None:
         try:
             return dict(self.custom.get_namespaced_custom_object(*PJ, "default", "pytorchjobs", name))
@@ -256,6 +277,14 @@ class OperatorProcess:
         self.starts = 0
 
     @property
+    def mode(self) -> tuple[str, ...]:
+        """Standalone, unless the scope asks for peering with other replicas."""
+        return () if "--peering" in self.scope else ("--standalone",)
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("operator-*.log")))
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / f"operator-{self.starts}.log"
 
@@ -263,7 +292,7 @@ class OperatorProcess:
         self.starts += 1
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.cli", "operator", *self.scope, "--standalone"],
+            [sys.executable, "-m", "kubetune.cli", "operator", *self.scope, *self.mode],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -316,3 +345,129 @@ class OperatorProcess:
         paths = sorted(self.workdir.glob("operator-*.log"))
         text = "\n".join(p.read_text(errors="replace") for p in paths)
         return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- Kueue ------------------------------------------------------------------------------------
+
+KUEUE = ("kueue.x-k8s.io", "v1beta1")
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's Workload CRD, as much of it as the tests use (kueue.x-k8s.io_workloads.yaml upstream):
+# spec.active (default true) is what stops a queued job; status.admission is set on admission.
+WORKLOAD_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "workloads.kueue.x-k8s.io"},
+    "spec": {
+        "group": "kueue.x-k8s.io",
+        "scope": "Namespaced",
+        "names": {"kind": "Workload", "plural": "workloads", "singular": "workload", "listKind": "WorkloadList"},
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+# The training jobs Kueue manages here: (group, version, plural, where the job says it is suspended).
+KUEUE_JOBS = (
+    (*PJ, "pytorchjobs", ("spec", "runPolicy", "suspend")),
+    (*TJ, "trainjobs", ("spec", "suspend")),
+)
+
+
+class FakeKueue:
+    """Kueue's job reconciler as a FineTuneJob's children meet it, with quota for everything: a
+    queued job (queue-name label) gets a Workload it owns; an active Workload is admitted and its
+    job un-suspended (also when someone else suspended it: that is the fight); a deactivated one
+    (spec.active: false) is evicted and its job suspended until it is active again."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-kueue", daemon=True)
+        self.errors: list[BaseException] = []
+
+    def install(self) -> FakeKueue:
+        self.cluster.ext.create_custom_resource_definition(WORKLOAD_CRD)
+        return self
+
+    def start(self) -> FakeKueue:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert not self.errors, self.errors
+
+    def workload(self, job_name: str) -> dict[str, Any] | None:
+        found = [w for w in self._workloads() if any(r["name"] == job_name for r in w["metadata"]["ownerReferences"])]
+        return found[0] if found else None
+
+    def _workloads(self) -> list[dict[str, Any]]:
+        return list(self.cluster.custom.list_namespaced_custom_object(*KUEUE, "default", "workloads")["items"])
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.step()
+            except ApiException as exc:
+                if exc.status not in (404, 409, 422):  # raced with the operator or a deletion
+                    self.errors.append(exc)
+            except Exception as exc:
+                self.errors.append(exc)
+                return
+
+    def step(self) -> None:
+        custom = self.cluster.custom
+        by_owner = {r["uid"]: w for w in self._workloads() for r in w["metadata"]["ownerReferences"]}
+        for group, version, plural, path in KUEUE_JOBS:
+            for job in custom.list_namespaced_custom_object(group, version, "default", plural)["items"]:
+                meta = job["metadata"]
+                if QUEUE_LABEL not in (meta.get("labels") or {}):
+                    continue
+                workload = by_owner.get(meta["uid"])
+                if workload is None:
+                    workload = self._make_workload(job, meta["labels"][QUEUE_LABEL])
+                active = (workload.get("spec") or {}).get("active") is not False
+                suspended: Any = job
+                for key in path:
+                    suspended = (suspended or {}).get(key)
+                if active is bool(suspended):  # admitted: start it; deactivated: evict it
+                    patch: dict[str, Any] = {path[-1]: not active}
+                    for key in reversed(path[:-1]):
+                        patch = {key: patch}
+                    custom.patch_namespaced_custom_object(
+                        group, version, "default", plural, meta["name"], patch, _content_type=MERGE
+                    )
+
+    def _make_workload(self, job: dict[str, Any], queue: str) -> dict[str, Any]:
+        meta = job["metadata"]
+        workload = {
+            "apiVersion": "kueue.x-k8s.io/v1beta1",
+            "kind": "Workload",
+            "metadata": {
+                "name": f"{job['kind'].lower()}-{meta['name']}-{meta['uid'][:5]}",
+                "ownerReferences": [
+                    {
+                        "apiVersion": job["apiVersion"],
+                        "kind": job["kind"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {"queueName": queue, "active": True, "podSets": [{"name": "node", "count": 1}]},
+        }
+        return dict(self.cluster.custom.create_namespaced_custom_object(*KUEUE, "default", "workloads", workload))

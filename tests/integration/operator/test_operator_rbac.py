@@ -19,7 +19,7 @@ import yaml
 from kubetune.api.validation import parse_job
 from kubetune.render import RenderSettings, build_children
 from tests.integration.deploy.deploy_helm import CHART, NAMESPACE, RELEASE, find_helm, run_helm
-from tests.integration.operator.harness import TJ, Cluster, OperatorProcess, job_manifest, wait_for
+from tests.integration.operator.harness import TJ, Cluster, FakeKueue, OperatorProcess, job_manifest, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,7 @@ def _checked_only_by_a_real_api_server() -> Grants:
 def operator_calls(cluster: Cluster, operator_factory: Callable[..., OperatorProcess]) -> Iterator[Grants]:
     cluster.install_crds()
     cluster.install_trainer_crds()
+    kueue = FakeKueue(cluster).install().start()
     # A job whose children (all but the PyTorchJob) exist before the operator sees it: it reads them
     # (409 on create) to check they are its own.
     adopted = cluster.create_job(job_manifest("adopted", backend="pytorchjob"))
@@ -107,9 +108,15 @@ def operator_calls(cluster: Cluster, operator_factory: Callable[..., OperatorPro
         )
         cluster.set_trainjob_status("life-v2", ("Failed", "JobSetFailed", "failed"))
         wait_for("the OOM reason", lambda: (cluster.condition("life-v2", "Failed") or {}).get("reason") == "OOMKilled")
+
+        cluster.create_job(job_manifest("queued", queueName="team-a"))  # Kueue's: suspended through its Workload
+        wait_for("the TrainJob admitted", lambda: (tj := cluster.trainjob("queued")) and not tj["spec"].get("suspend"))
+        cluster.patch_job("queued", {"spec": {"suspend": True}})
+        wait_for("the Workload deactivated", lambda: (kueue.workload("queued") or {})["spec"]["active"] is False)
     finally:
         print(op.log_tail())
         op.stop()
+        kueue.stop()
     calls: Grants = {}
     for group, resource, verb in cluster.server.api_calls(OperatorProcess.TOKEN):
         calls.setdefault((group, resource), set()).add(verb)

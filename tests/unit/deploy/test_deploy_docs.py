@@ -80,7 +80,8 @@ def test_vllm_deployment_example_is_valid_kubernetes() -> None:
 
 def test_flux_snippet_matches_the_shipped_kustomization() -> None:
     (snippet,) = [b for b in yaml_blocks(DOCS["deploy.md"]) if isinstance(b, dict) and "healthCheckExprs" in b]
-    shipped = yaml.safe_load((REPO / "gitops" / "flux" / "kustomization.yaml").read_text())
+    docs = yaml.safe_load_all((REPO / "gitops" / "flux" / "kustomization.yaml").read_text())
+    (shipped,) = [d for d in docs if d and "healthCheckExprs" in d["spec"]]
     assert snippet["healthCheckExprs"] == shipped["spec"]["healthCheckExprs"]
 
 

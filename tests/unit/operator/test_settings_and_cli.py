@@ -98,3 +98,15 @@ def test_cli_help_documents_the_environment(capsys: pytest.CaptureFixture[str]) 
         assert var in text
     for flag in ("--namespace", "--all-namespaces", "--standalone", "--metrics-port", "--health-port", "--verbose"):
         assert flag in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--all-namespaces", "--standalone", "--peering", "kubetune"], "not both"),
+        (["--namespace", "a", "--peering", "kubetune"], "--peering needs cluster-wide mode"),
+    ],
+)
+def test_cli_rejects_peering_it_cannot_do(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["operator", *args]) == 2
+    assert message in capsys.readouterr().err

@@ -1,7 +1,10 @@
 -- Argo CD health check for kubetune.io/FineTuneJob.
 --
 --   Healthy      the model is published: phase Succeeded (manifest.json written last).
---   Degraded     phase Failed or a Failed condition is True, with its reason and message.
+--   Degraded     phase Failed or a Failed condition is True, with its reason and message; also a
+--                spec change the operator refused (SpecApplied=False: only spec.suspend may change
+--                once the training job exists), which would otherwise look Healthy or Progressing
+--                while running the old spec.
 --   Suspended    phase Suspended or spec.suspend: true.
 --   Progressing  everything else, with phase, percent, loss and ETA; also while the operator has
 --                not yet acted on the latest spec (status.observedGeneration < metadata.generation).
@@ -119,6 +122,13 @@ local failed = find_condition(status, "Failed")
 if status.phase == "Failed" or is_true(failed) then
   hs.status = "Degraded"
   hs.message = failure_message(status, failed)
+  return hs
+end
+
+local applied = find_condition(status, "SpecApplied")
+if applied ~= nil and applied.status == "False" then
+  hs.status = "Degraded"
+  hs.message = (applied.reason or "SpecImmutable") .. ": " .. (applied.message or "the spec change was refused")
   return hs
 end
 
