@@ -70,6 +70,8 @@ class Mapping:
     messages: str | None = None  # default depends on the format
     system: str = "system"
     tools: str = "tools"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
     role_tag: str | None = None
     content_tag: str | None = None
     user_tag: str | None = None
