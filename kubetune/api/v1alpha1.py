@@ -1028,6 +1028,14 @@ class Progress(_Model):
     eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="Trained (non-pad) tokens per second.")
+    reward_margin: float | None = Field(
+        default=None, description="stage dpo: mean reward of chosen minus rejected answers (TRL rewards/margins)."
+    )
+    reward_accuracy: float | None = Field(
+        default=None, description="stage dpo: fraction of pairs whose chosen answer wins (TRL rewards/accuracies)."
+    )
+    reward_chosen: float | None = Field(default=None, description="stage dpo: mean reward of chosen answers.")
+    reward_rejected: float | None = Field(default=None, description="stage dpo: mean reward of rejected answers.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to the end of training.")
     display: str | None = Field(default=None, description="Percent and steps for printer columns (42% 84/200).")
     eta: str | None = Field(default=None, description="etaSeconds for humans (1h02m).")

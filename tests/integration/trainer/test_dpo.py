@@ -1,0 +1,67 @@
+"""stage dpo end to end on CPU: a tiny model learns to prefer answers that follow a fixed pattern."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.trainer.helpers import job, losses, progress_events, run_trainer, trainer_env, write_job
+from tests.integration.trainer.helpers import write_jsonl as write_rows
+
+pytestmark = pytest.mark.integration
+
+
+def preference_rows(n: int = 64) -> list[dict[str, Any]]:
+    """Chosen answers state the sum in a fixed sentence; rejected ones refuse. The pattern is learnable."""
+    rows = []
+    for i in range(n):
+        a, b = i % 9 + 1, (i * 7) % 11
+        rows.append(
+            {
+                "conversations": [{"from": "human", "value": f"What is {a} plus {b}?"}],
+                "chosen": {"from": "gpt", "value": f"{a} plus {b} equals {a + b}."},
+                "rejected": {"from": "gpt", "value": "I would rather not say."},
+            }
+        )
+    return rows
+
+
+def test_dpo_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "pairs.jsonl", preference_rows())
+    output = tmp_path / "out"
+    spec = job(
+        "dpo",
+        str(tiny_model_dir),
+        str(data),
+        str(output),
+        stage="dpo",
+        preference={"beta": 0.1},
+        datasets=[{"source": str(data)}],
+        training={"maxSteps": 20, "learningRate": 0.005, "checkpointEverySteps": 20, "loggingSteps": 1},
+    )
+    run = run_trainer(write_job(tmp_path / "job.yaml", spec), trainer_env(tmp_path))
+    assert run.code == 0, run.stderr[-4000:]
+    assert "detected format sharegpt" in run.stderr or "preference pairs, sharegpt" in run.stderr
+
+    events = [e for e in progress_events(output / "progress.jsonl") if e.get("stage") == "training" and "loss" in e]
+    loss = losses(events)
+    margins = [e["rewardMargin"] for e in events]
+    assert all("rewardAccuracy" in e and "rewardChosen" in e and "rewardRejected" in e for e in events)
+    # The first step's loss is log 2 exactly when the reference is the starting policy (the adapter-disabled
+    # base; the fresh adapter is zero); it then falls as the chosen pattern is preferred.
+    assert abs(loss[0] - 0.6931) < 1e-3, loss
+    assert loss[-1] < 0.5 * loss[0], loss
+    assert margins[-1] > margins[0] + 1.0, margins
+    assert events[-1]["rewardAccuracy"] == 1.0
+
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["metrics"]["exportSample"]
+    adapter = output / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA"
+    # One adapter: TRL's reference copy is not exported (the reference is the adapter-disabled base).
+    assert not (adapter / "ref").exists()
+    assert (output / "model" / "config.json").is_file()
