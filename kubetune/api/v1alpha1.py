@@ -296,7 +296,7 @@ class DatasetSpec(_Model):
     source: str = Field(
         description="A file or prefix: s3://bucket/data.jsonl, s3://bucket/prefix/ (every data file under it, "
         "in name order), a local path or file:// URI, or a hub dataset id where a hub is reachable. "
-        "Files may be .json (array), .jsonl, .parquet or .csv.",
+        "Files may be .json (array), .jsonl, .parquet, .csv, or .txt (one document per line, for stage pt).",
         min_length=1,
         json_schema_extra=_pattern(SOURCE_PATTERN),
     )
@@ -901,6 +901,10 @@ class FineTuneJobSpec(_Model):
                 "stage dpo trains on whole pairs and cannot pack them; remove training.packing",
             ),
             (
+                "!(has(self.stage) && self.stage == 'pt' && has(self.training) && has(self.training.packing))",
+                "stage pt always joins documents into cutoffLen blocks; remove training.packing",
+            ),
+            (
                 "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
                 "volumes: names must be unique",
             ),
@@ -982,6 +986,8 @@ class FineTuneJobSpec(_Model):
             raise ValueError(f"preference applies only to stage: dpo (stage is {self.stage})")
         if self.stage == Stage.dpo.value and self.training.packing:
             raise ValueError("stage dpo trains on whole pairs and cannot pack them; remove training.packing")
+        if self.stage == Stage.pt.value and "packing" in self.training.model_fields_set:
+            raise ValueError("stage pt always joins documents into cutoffLen blocks; remove training.packing")
         if not any(d.split == DatasetSplit.train.value for d in self.datasets):
             raise ValueError("datasets needs at least one dataset with split: train")
         names = [v.name for v in self.volumes or []]

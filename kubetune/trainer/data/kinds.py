@@ -2,7 +2,8 @@
 
 The pipeline (read -> check -> tokenize -> account -> hold out) is the same for every stage; only
 these steps differ. `sft` reads conversations and yields input_ids/labels (packable); `dpo` reads
-preference pairs and yields prompt_ids/chosen_ids/rejected_ids, which are never packed.
+preference pairs and yields prompt_ids/chosen_ids/rejected_ids, which are never packed; `pt` reads
+plain text and yields input_ids/labels cut into cutoffLen blocks.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.locations import DATA_SUFFIXES
 from kubetune.trainer.data import formats as fm
 from kubetune.trainer.data import preference as pref
+from kubetune.trainer.data import text as tx
 from kubetune.trainer.data import tokenize as tk
+from kubetune.trainer.data.sources import TEXT_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,13 @@ class Kind:
     columns: Callable[[list[Any]], Any]  # examples -> pyarrow table, the input of `encode`
     encode: Callable[..., dict[str, list[Any]]]
     token_columns: tuple[str, ...]  # the columns the trainer reads; "trainable" counts tokens with loss
-    packs: bool
+    packs: bool  # best-fit packing of whole examples when training.packing asks for it
     messages: Callable[[Any], list[dict[str, str]]]  # one example as a conversation (the export probe)
     # (tokenizer, template, example, its encoded token columns, origin, trainOn) -> `kubetune data check` preview
     preview: Callable[..., str]
+    # (table, cutoffLen) -> the rows the trainer reads, when they are not the examples themselves
+    finish: Callable[[Any, int], Any] | None = None
+    suffixes: tuple[str, ...] = DATA_SUFFIXES  # the files under a prefix that are data
 
 
 def _conversation_columns(convs: list[fm.Conversation]) -> Any:
@@ -102,7 +109,30 @@ DPO = Kind(
     ),
 )
 
-KINDS = {k.stage: k for k in (SFT, DPO)}
+PT = Kind(
+    stage="pt",
+    refuse=tx.refuse,
+    detect=tx.detect_format,
+    convert=tx.to_document,
+    chars=tx.Document.chars,
+    columns=lambda docs: _text_columns(docs),
+    encode=tx.encode_texts,
+    token_columns=("input_ids", "labels"),
+    packs=False,
+    messages=tx.Document.messages,
+    preview=lambda tok, template, doc, encoded, origin, train_on: tx.render_preview(tok, doc, encoded, origin),
+    finish=tx.blocks,
+    suffixes=(*DATA_SUFFIXES, TEXT_SUFFIX),
+)
+
+
+def _text_columns(docs: list[tx.Document]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"text": pa.array([d.text for d in docs], type=pa.string())})
+
+
+KINDS = {k.stage: k for k in (SFT, DPO, PT)}
 
 
 def kind_of(spec: Any) -> Kind:

@@ -104,14 +104,20 @@ class _Source:
 
 
 def _fetch_source(
-    source: str, split: str, fmt: str, mapping: Mapping, max_samples: int | None, opts: st.StorageOptions | None
+    source: str,
+    split: str,
+    fmt: str,
+    mapping: Mapping,
+    max_samples: int | None,
+    opts: st.StorageOptions | None,
+    kind: Kind,
 ) -> _Source:
     src = _Source(source, split, fmt, mapping, max_samples)
     try:
         if location_kind(source) == "hub":
             src.hub = True
         else:
-            src.files = fetch(source, opts)
+            src.files = fetch(source, opts, kind.suffixes)
     except SourceError as exc:
         raise DataValidationError(str(exc)) from None
     return src
@@ -309,7 +315,7 @@ def prepare_data(
     template = resolve_template(spec.template, tokenizer)
     kind = kind_of(spec)
     sources = [
-        _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), d.max_samples, opts)
+        _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), d.max_samples, opts, kind)
         for d in spec.datasets
     ]
     training = spec.training
@@ -415,6 +421,9 @@ def _build(
     report.train_examples = train_table.num_rows
     report.eval_examples = eval_table.num_rows if eval_table is not None else 0
     if not kind.packs:
+        if kind.finish is not None:
+            train_table = kind.finish(train_table, cutoff)
+            eval_table = kind.finish(eval_table, cutoff) if eval_table is not None else None
         return report, _dataset(train_table, kind), _dataset(eval_table, kind) if eval_table is not None else None
     lengths = np.diff(pk.list_array(train_table.column("input_ids")).offsets.to_numpy())
     if training.packing:
@@ -491,7 +500,7 @@ def _packing_stats(lengths: np.ndarray, training: Any) -> dict[str, Any]:
 def _dataset(table: Any, kind: Kind) -> Any:
     import datasets
 
-    columns = [*kind.token_columns, "position_ids"] if kind.packs else list(kind.token_columns)
+    columns = [*kind.token_columns, *(["position_ids"] if "position_ids" in table.column_names else [])]
     return datasets.Dataset(table.select(columns))
 
 
@@ -516,12 +525,13 @@ def _template_info(template: ChatTemplate, tokenizer: Any, report: DataReport) -
 def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> list[dict[str, str]] | None:
     """The first valid conversation of the first training dataset, as the trainer reads it (or None)."""
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
+    kind = kind_of(spec)
     for d in spec.datasets:
         if d.split != "train":
             continue
-        src = _fetch_source(d.source, d.split, d.format, Mapping.from_spec(d.columns, d.tags), _DETECT_ROWS, opts)
+        mapping = Mapping.from_spec(d.columns, d.tags)
+        src = _fetch_source(d.source, d.split, d.format, mapping, _DETECT_ROWS, opts, kind)
         max_chars = max_row_characters(spec.data.max_row_characters, spec.training.cutoff_len)
-        kind = kind_of(spec)
         checked = _check_source(src, DataReport(), max_chars, kind)
         return kind.messages(checked.convs[0]) if checked.convs else None
     return None
@@ -551,7 +561,7 @@ def check_file(
     Returns the report and a preview: the first valid example rendered, tokenized, with its label mask.
     """
     _require_fast(tokenizer)
-    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage)
+    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage, kind)
     max_chars = max_row_characters(max_row_chars, cutoff_len)
     options = {"cutoffLen": cutoff_len, "trainOn": train_on, "maxRowCharacters": max_chars}
     report = DataReport(invalid_policy="check", options=options)

@@ -172,6 +172,11 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
             {"datasets": [{"source": "x"}], "stage": "dpo", "training": {"packing": True}},
             "stage dpo trains on whole pairs and cannot pack them",
         ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "pt", "training": {"packing": False}},
+            "stage pt always joins documents into cutoffLen blocks",
+        ),
         (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
     ],

@@ -88,6 +88,12 @@ BAD = [
         "spec",
         "stage dpo trains on whole pairs and cannot pack them",
     ),
+    (
+        "pt-packing",
+        _with({"stage": "pt", "training": {"packing": False}}),
+        "spec",
+        "stage pt always joins documents into cutoffLen blocks",
+    ),
     ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "orpo"}}), "spec.preference.loss", "must be one of"),
     ("beta-zero", _with({"stage": "dpo", "preference": {"beta": 0}}), "spec.preference.beta", "must be > 0"),
     (
