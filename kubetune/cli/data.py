@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.locations import local_path, location_kind
+from kubetune.api.v1alpha1 import Stage
 
 ORDER = 40
 
@@ -33,7 +34,7 @@ def register(subparsers: Any) -> None:
     check.add_argument("--template", default="auto", help="chat template: auto (the tokenizer's own) or a name")
     check.add_argument("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "openai"])
     check.add_argument(
-        "--stage", default="sft", choices=["sft", "dpo"], help="what the rows train (spec.stage; default sft)"
+        "--stage", default="sft", choices=[s.value for s in Stage], help="what the rows train (spec.stage; default sft)"
     )
     check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
     check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
