@@ -65,3 +65,31 @@ def test_dpo_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: P
     # One adapter: TRL's reference copy is not exported (the reference is the adapter-disabled base).
     assert not (adapter / "ref").exists()
     assert (output / "model" / "config.json").is_file()
+
+
+def test_sft_then_dpo_on_its_merged_model(tiny_model_dir: Path, chat_data: Path, tmp_path: Path) -> None:
+    """The two-job pattern of docs/trainer.md: the DPO job's model.source is the SFT job's model/."""
+    sft_out = tmp_path / "sft"
+    sft = job("sft", str(tiny_model_dir), str(chat_data), str(sft_out), training={"maxSteps": 10})
+    run = run_trainer(write_job(tmp_path / "sft.yaml", sft), trainer_env(tmp_path / "sft-env"))
+    assert run.code == 0, run.stderr[-4000:]
+
+    data = write_rows(tmp_path / "pairs.jsonl", preference_rows(32))
+    dpo_out = tmp_path / "dpo"
+    dpo = job(
+        "dpo",
+        str(sft_out / "model"),
+        str(data),
+        str(dpo_out),
+        stage="dpo",
+        datasets=[{"source": str(data)}],
+        training={"maxSteps": 6, "learningRate": 0.005, "checkpointEverySteps": 6, "loggingSteps": 1},
+    )
+    run = run_trainer(write_job(tmp_path / "dpo.yaml", dpo), trainer_env(tmp_path / "dpo-env"))
+    assert run.code == 0, run.stderr[-4000:]
+    events = [e for e in progress_events(dpo_out / "progress.jsonl") if e.get("stage") == "training" and "loss" in e]
+    # The reference is the SFT model the DPO job starts from: the first loss is log 2 again.
+    assert abs(events[0]["loss"] - 0.6931) < 1e-3 and events[-1]["rewardMargin"] > events[0]["rewardMargin"]
+    manifest = json.loads((dpo_out / "manifest.json").read_text())
+    assert manifest["baseModel"]["source"] == str(sft_out / "model")
+    assert (dpo_out / "model" / "config.json").is_file() and (dpo_out / "adapter" / "adapter_config.json").is_file()
