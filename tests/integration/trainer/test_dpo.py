@@ -67,6 +67,39 @@ def test_dpo_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: P
     assert (output / "model" / "config.json").is_file()
 
 
+@pytest.mark.parametrize(
+    ("method", "training"),
+    [
+        ({"type": "qlora", "quantization": {"bits": 4, "quantType": "nf4"}}, {"gradientCheckpointing": True}),
+        ({"type": "full", "lora": None}, {"learningRate": 0.0005}),
+    ],
+    ids=["qlora", "full"],
+)
+def test_dpo_with_qlora_and_full_prefers_chosen_and_exports(
+    method: dict[str, Any], training: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_rows(tmp_path / "pairs.jsonl", preference_rows(32))
+    output = tmp_path / "out"
+    steps = {"maxSteps": 8, "learningRate": 0.005, "checkpointEverySteps": 8, "loggingSteps": 1}
+    spec = job(
+        "dpo",
+        str(tiny_model_dir),
+        str(data),
+        str(output),
+        stage="dpo",
+        datasets=[{"source": str(data)}],
+        method=method,
+        training={**steps, **training},
+    )
+    run = run_trainer(write_job(tmp_path / "job.yaml", spec), trainer_env(tmp_path))
+    assert run.code == 0, run.stderr[-4000:]
+    events = [e for e in progress_events(output / "progress.jsonl") if e.get("stage") == "training" and "loss" in e]
+    # Reference = the starting model (quantized base with the adapter off; a frozen copy for full).
+    assert abs(events[0]["loss"] - 0.6931) < 1e-3, events[0]
+    assert events[-1]["loss"] < events[0]["loss"] and events[-1]["rewardMargin"] > events[0]["rewardMargin"]
+    assert (output / "manifest.json").is_file() and (output / "model" / "config.json").is_file()
+
+
 def test_sft_then_dpo_on_its_merged_model(tiny_model_dir: Path, chat_data: Path, tmp_path: Path) -> None:
     """The two-job pattern of docs/trainer.md: the DPO job's model.source is the SFT job's model/."""
     sft_out = tmp_path / "sft"
