@@ -23,6 +23,7 @@ from kubetune.trainer.data.sources import TEXT_SUFFIX
 @dataclass(frozen=True)
 class Kind:
     stage: str
+    noun: str  # what one example is, for the log
     # Why a row is another stage's data (None if it may be this stage's).
     refuse: Callable[[dict[str, Any]], str | None]
     # (format, mapping, description) from sample rows, for format: auto.
@@ -79,6 +80,7 @@ def _conversation_chars(conv: fm.Conversation) -> int:
 
 SFT = Kind(
     stage="sft",
+    noun="conversations",
     refuse=fm.not_sft,
     detect=fm.detect_format,
     convert=fm.to_conversation,
@@ -95,6 +97,7 @@ SFT = Kind(
 
 DPO = Kind(
     stage="dpo",
+    noun="preference pairs",
     refuse=lambda row: fm.not_kind(row, "pair"),
     detect=pref.detect_format,
     convert=pref.to_pair,
@@ -111,6 +114,7 @@ DPO = Kind(
 
 PT = Kind(
     stage="pt",
+    noun="documents",
     refuse=tx.refuse,
     detect=tx.detect_format,
     convert=tx.to_document,

@@ -252,7 +252,7 @@ def _tokenize(
             "error": datasets.Value("string"),
         }
     )
-    log.info("tokenizing %d examples (%d processes)", len(convs), max(num_proc, 1))
+    log.info("tokenizing %d %s (%d processes)", len(convs), kind.noun, max(num_proc, 1))
     fn = functools.partial(
         kind.encode, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
     )
