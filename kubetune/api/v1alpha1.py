@@ -194,6 +194,26 @@ class TrainOn(str, Enum):
     last_turn = "lastTurn"
 
 
+class Stage(str, Enum):
+    sft = "sft"
+    dpo = "dpo"
+    pt = "pt"
+
+
+class PreferenceLoss(str, Enum):
+    """TRL 1.16 DPOConfig.loss_type names (LLaMA-Factory's pref_loss shares sigmoid, hinge and ipo)."""
+
+    sigmoid = "sigmoid"
+    hinge = "hinge"
+    ipo = "ipo"
+    robust = "robust"
+    bco_pair = "bco_pair"
+    sppo_hard = "sppo_hard"
+    nca_pair = "nca_pair"
+    apo_zero = "apo_zero"
+    apo_down = "apo_down"
+
+
 class NcclDebug(str, Enum):
     off = "OFF"
     version = "VERSION"
@@ -254,6 +274,10 @@ class ColumnMapping(_Model):
     )
     system: str | None = Field(default=None, description="The system prompt column (default system).")
     tools: str | None = Field(default=None, description="The tool descriptions column (default tools).")
+    chosen: str | None = Field(
+        default=None, description="stage dpo: the preferred answer (default chosen; LLaMA-Factory ranking: true)."
+    )
+    rejected: str | None = Field(default=None, description="stage dpo: the dispreferred answer (default rejected).")
 
 
 class TagMapping(_Model):
@@ -278,7 +302,7 @@ class DatasetSpec(_Model):
     source: str = Field(
         description="A file or prefix: s3://bucket/data.jsonl, s3://bucket/prefix/ (every data file under it, "
         "in name order), a local path or file:// URI, or a hub dataset id where a hub is reachable. "
-        "Files may be .json (array), .jsonl, .parquet or .csv.",
+        "Files may be .json (array), .jsonl, .parquet, .csv, or .txt (one document per line, for stage pt).",
         min_length=1,
         json_schema_extra=_pattern(SOURCE_PATTERN),
     )
@@ -536,6 +560,51 @@ class TrainingSpec(_Model):
     @property
     def resolved_epochs(self) -> float:
         return self.epochs if self.epochs is not None else 3.0
+
+
+class PreferenceSpec(_Model):
+    """Preference optimisation settings (stage: dpo), passed to TRL's DPOTrainer."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            (
+                "!has(self.labelSmoothing) || self.labelSmoothing == 0.0 || (has(self.loss) && self.loss == 'robust')",
+                "labelSmoothing applies only to loss: robust",
+            ),
+        )
+    )
+
+    loss: PreferenceLoss = Field(
+        default=PreferenceLoss.sigmoid,
+        description="TRL loss_type: sigmoid (DPO), hinge (SLiC), ipo, robust (rDPO, with labelSmoothing), bco_pair, "
+        "sppo_hard, nca_pair, apo_zero or apo_down.",
+    )
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="How far the policy may move from the reference (TRL beta, LLaMA-Factory pref_beta); "
+        "higher stays closer. For ipo it is the regularisation tau.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="loss robust: the assumed probability that a pair's preference is flipped (typically 0.1).",
+    )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Weight of an added SFT loss on the chosen answers (LLaMA-Factory pref_ftx; TRL's sft loss "
+        "beside the preference loss). 0 = none.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreferenceSpec:
+        if self.label_smoothing and self.loss != PreferenceLoss.robust.value:
+            raise ValueError(f"labelSmoothing applies only to loss: robust (loss is {self.loss})")
+        return self
 
 
 class Toleration(_Model):
@@ -897,6 +966,19 @@ class FineTuneJobSpec(_Model):
                 "training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0",
             ),
             (
+                "!has(self.preference) || (has(self.stage) && self.stage == 'dpo')",
+                "preference applies only to stage: dpo",
+            ),
+            (
+                "!(has(self.stage) && self.stage == 'dpo' && has(self.training) && has(self.training.packing)"
+                " && self.training.packing)",
+                "stage dpo trains on whole pairs and cannot pack them; remove training.packing",
+            ),
+            (
+                "!(has(self.stage) && self.stage == 'pt' && has(self.training) && has(self.training.packing))",
+                "stage pt always joins documents into cutoffLen blocks; remove training.packing",
+            ),
+            (
                 "!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
                 "volumes: names must be unique",
             ),
@@ -909,6 +991,14 @@ class FineTuneJobSpec(_Model):
     )
 
     model: ModelSpec = Field(description="The base model.")
+    stage: Stage = Field(
+        default=Stage.sft,
+        description="What is learnt: sft (answers to prompts), dpo (preferring chosen over rejected answers, "
+        "with the frozen base as reference) or pt (continued pre-training on plain text).",
+    )
+    preference: PreferenceSpec | None = Field(
+        default=None, description="stage dpo: the preference loss and its settings (defaults: sigmoid, beta 0.1)."
+    )
     datasets: list[DatasetSpec] = Field(min_length=1, max_length=64, description="One or more datasets, mixed.")
     data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
     template: TemplateName = Field(
@@ -966,6 +1056,12 @@ class FineTuneJobSpec(_Model):
             raise ValueError("method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none")
         if self.resources.gpus_per_node == 0 and self.training.precision == Precision.fp16.value:
             raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
+        if self.preference is not None and self.stage != Stage.dpo.value:
+            raise ValueError(f"preference applies only to stage: dpo (stage is {self.stage})")
+        if self.stage == Stage.dpo.value and self.training.packing:
+            raise ValueError("stage dpo trains on whole pairs and cannot pack them; remove training.packing")
+        if self.stage == Stage.pt.value and "packing" in self.training.model_fields_set:
+            raise ValueError("stage pt always joins documents into cutoffLen blocks; remove training.packing")
         if not any(d.split == DatasetSplit.train.value for d in self.datasets):
             raise ValueError("datasets needs at least one dataset with split: train")
         names = [v.name for v in self.volumes or []]
@@ -1012,6 +1108,14 @@ class Progress(_Model):
     eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="Trained (non-pad) tokens per second.")
+    reward_margin: float | None = Field(
+        default=None, description="stage dpo: mean reward of chosen minus rejected answers (TRL rewards/margins)."
+    )
+    reward_accuracy: float | None = Field(
+        default=None, description="stage dpo: fraction of pairs whose chosen answer wins (TRL rewards/accuracies)."
+    )
+    reward_chosen: float | None = Field(default=None, description="stage dpo: mean reward of chosen answers.")
+    reward_rejected: float | None = Field(default=None, description="stage dpo: mean reward of rejected answers.")
     eta_seconds: float | None = Field(default=None, description="Estimated seconds to the end of training.")
     display: str | None = Field(default=None, description="Percent and steps for printer columns (42% 84/200).")
     eta: str | None = Field(default=None, description="etaSeconds for humans (1h02m).")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.locations import local_path, location_kind
+from kubetune.api.v1alpha1 import Stage
 
 ORDER = 40
 
@@ -32,6 +33,9 @@ def register(subparsers: Any) -> None:
     check.add_argument("--model", required=True, help="model (for its tokenizer): a path, s3:// prefix or hub id")
     check.add_argument("--template", default="auto", help="chat template: auto (the tokenizer's own) or a name")
     check.add_argument("--format", default="auto", choices=["auto", "alpaca", "sharegpt", "openai"])
+    check.add_argument(
+        "--stage", default="sft", choices=[s.value for s in Stage], help="what the rows train (spec.stage; default sft)"
+    )
     check.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per example (default 2048)")
     check.add_argument("--train-on", default="assistant", choices=["assistant", "all", "lastTurn"])
     check.add_argument(
@@ -114,6 +118,7 @@ def run_check(args: argparse.Namespace) -> int:
     from kubetune import storage
     from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
     from kubetune.trainer.data import DataValidationError, check_file
+    from kubetune.trainer.data.kinds import KINDS
     from kubetune.trainer.templates import TemplateError, resolve_template
 
     opts = storage.StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
@@ -133,6 +138,7 @@ def run_check(args: argparse.Namespace) -> int:
             max_row_chars=args.max_row_characters,
             storage=opts,
             num_proc=args.preprocessing_workers,
+            kind=KINDS[args.stage],
         )
     except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -194,6 +194,11 @@ class ProgressCallback(TrainerCallback):
             evalLoss=logs.get("eval_loss"),
             learningRate=logs.get("learning_rate"),
             tokensPerSecond=round(tps, 1) if "loss" in logs else None,
+            # Preference training (TRL's DPOTrainer logs these beside the loss).
+            rewardMargin=logs.get("rewards/margins"),
+            rewardAccuracy=logs.get("rewards/accuracies"),
+            rewardChosen=logs.get("rewards/chosen"),
+            rewardRejected=logs.get("rewards/rejected"),
             etaSeconds=eta,
             message="training",
         )

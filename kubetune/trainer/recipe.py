@@ -102,10 +102,10 @@ def run(config_path: str) -> int:
 
 def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> Trained:
     from transformers import PrinterCallback
-    from trl import SFTTrainer
 
-    from kubetune.trainer.data import DataCollator, prepare_data
+    from kubetune.trainer.data import prepare_data
     from kubetune.trainer.model import fetch_model, load_model, load_tokenizer
+    from kubetune.trainer.stages import make_trainer
 
     args = training_arguments(cfg)  # initialises the process group (gloo on CPU, nccl on GPU)
     if args.deepspeed and cfg.dist.world_size > 1:
@@ -146,15 +146,7 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
         run_identity(cfg.spec),
     )
     progress = ProgressCallback(sink)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        data_collator=DataCollator(tokenizer.pad_token_id),
-        train_dataset=prepared.train,
-        eval_dataset=_non_empty(prepared.eval),
-        processing_class=tokenizer,
-        callbacks=[progress, sync, StopWhenFinished()],
-    )
+    trainer = make_trainer(cfg, model, args, tokenizer, prepared, [progress, sync, StopWhenFinished()])
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -286,10 +278,6 @@ def _final_metrics(trainer: Any, result: Any, progress: ProgressCallback, resume
     if trainer.eval_dataset is not None:
         metrics["evalLoss"] = trainer.evaluate()["eval_loss"]
     return metrics
-
-
-def _non_empty(dataset: Any) -> Any:
-    return dataset if dataset is not None and len(dataset) > 0 else None
 
 
 def _publish_data_report(cfg: RunConfig, prepared: Any, sink: ProgressSink) -> None:

@@ -75,6 +75,8 @@ class Mapping:
     messages: str | None = None  # default depends on the format
     system: str | None = "system"
     tools: str | None = "tools"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
     role_tag: str | None = None
     content_tag: str | None = None
     user_tag: str | None = None
@@ -128,7 +130,7 @@ class Conversation:
 # Detection
 # --------------------------------------------------------------------------------------------
 
-_MESSAGE_KEYS = ("conversations", "messages", "conversation", "chat", "dialog")
+MESSAGE_KEYS = ("conversations", "messages", "conversation", "chat", "dialog")
 
 
 def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
@@ -146,7 +148,7 @@ def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Ma
         raise RowError(
             "cannot detect the format: no row has alpaca columns "
             f"({mapping.prompt}/{mapping.response}) or a list of turns "
-            f"({', '.join(_MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. "
+            f"({', '.join(MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. "
             "Set format and columns for this dataset."
         )
     (fmt, key, style), _ = votes.most_common(1)[0]
@@ -160,9 +162,9 @@ def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Ma
 
 
 def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None, str | None] | None:
-    keys = [mapping.messages] if mapping.messages else list(_MESSAGE_KEYS)
+    keys = [mapping.messages] if mapping.messages else list(MESSAGE_KEYS)
     for key in keys:
-        turns = _maybe_json_list(row.get(key))
+        turns = maybe_json_list(row.get(key))
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], dict):
             continue
         first = turns[0]
@@ -183,19 +185,37 @@ def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None,
 # --------------------------------------------------------------------------------------------
 
 
-def not_sft(row: dict[str, Any]) -> str | None:
-    """What the row is, if it is one of LLaMA-Factory's dataset kinds other than text SFT (else None)."""
-    kind = None
+# What to do with data of another kind than the stage trains on.
+_ADVICE = {
+    "pair": "set spec.stage: dpo to train on it",
+    "kto": "kubetune does not train KTO yet",
+    "multimodal": "kubetune trains text only",
+}
+
+
+def data_kind(row: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, description) if the row is one of LLaMA-Factory's dataset kinds other than text turns (else None)."""
     if "chosen" in row and "rejected" in row:
-        kind = "preference data ('chosen' and 'rejected' columns, LLaMA-Factory's ranking: true) for DPO/ORPO"
-    elif "kto_tag" in row or isinstance(row.get("label"), bool):
+        return "pair", "preference data ('chosen' and 'rejected' columns, LLaMA-Factory's ranking: true) for DPO"
+    if "kto_tag" in row or isinstance(row.get("label"), bool):
         key = "kto_tag" if "kto_tag" in row else "label"
-        kind = f"KTO data (a true/false '{key}' column marking each answer desirable or not)"
-    else:
-        media = [key for key in ("images", "videos", "audios") if row.get(key)]
-        if media:
-            kind = f"multimodal data ({' and '.join(repr(m) for m in media)} with the turns)"
-    return f"this looks like {kind}; kubetune trains text SFT only for now" if kind else None
+        return "kto", f"KTO data (a true/false '{key}' column marking each answer desirable or not)"
+    media = [key for key in ("images", "videos", "audios") if row.get(key)]
+    if media:
+        return "multimodal", f"multimodal data ({' and '.join(repr(m) for m in media)} with the turns)"
+    return None
+
+
+def not_kind(row: dict[str, Any], wanted: str | None) -> str | None:
+    """Why the row is not data of kind `wanted` (None: plain turns), if it is of another kind."""
+    found = data_kind(row)
+    if found is None or found[0] == wanted:
+        return None
+    return f"this looks like {found[1]}; {_ADVICE[found[0]]}"
+
+
+def not_sft(row: dict[str, Any]) -> str | None:
+    return not_kind(row, None)
 
 
 def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
@@ -205,7 +225,7 @@ def to_conversation(row: Any, fmt: str, mapping: Mapping) -> Conversation:
     other_kind = not_sft(row)
     if other_kind:
         raise RowError(other_kind)
-    convert = {"alpaca": _alpaca, "sharegpt": _sharegpt, "openai": _openai}.get(fmt)
+    convert = {"alpaca": _alpaca, "sharegpt": sharegpt, "openai": openai}.get(fmt)
     if convert is None:
         raise ValueError(f"unknown format {fmt}")
     try:
@@ -225,19 +245,19 @@ def _text(row: dict[str, Any], key: str | None, *, required: bool, what: str | N
             raise RowError(f"missing field {what} (fields present: {present})")
         return ""
     if not isinstance(value, str):
-        raise RowError(f"field {what} must be a string, got {_type(value)}")
+        raise RowError(f"field {what} must be a string, got {type_name(value)}")
     if required and not value.strip():
         raise RowError(f"field {what} is empty")
     return value
 
 
-def _type(value: Any) -> str:
+def type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(
         type(value), type(value).__name__
     )
 
 
-def _maybe_json_list(value: Any) -> Any:
+def maybe_json_list(value: Any) -> Any:
     """CSV and some parquet exports store lists as JSON text."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
@@ -247,7 +267,7 @@ def _maybe_json_list(value: Any) -> Any:
     return value
 
 
-def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
+def tools_of(row: dict[str, Any], mapping: Mapping) -> str | None:
     value = row.get(mapping.tools) if mapping.tools is not None else None
     if value is None or value == "":
         return None
@@ -261,7 +281,7 @@ def _tools(row: dict[str, Any], mapping: Mapping) -> str | None:
     if isinstance(parsed, dict):
         parsed = [parsed]
     if not isinstance(parsed, list):
-        raise RowError(f"field '{mapping.tools}' must be a list of tool descriptions, got {_type(parsed)}")
+        raise RowError(f"field '{mapping.tools}' must be a list of tool descriptions, got {type_name(parsed)}")
     return json.dumps(parsed, ensure_ascii=False) if parsed else None
 
 
@@ -271,6 +291,13 @@ def _system_message(row: dict[str, Any], mapping: Mapping) -> list[dict[str, str
 
 
 def _alpaca(row: dict[str, Any], mapping: Mapping) -> Conversation:
+    messages = alpaca_prompt(row, mapping)
+    messages.append({"role": "assistant", "content": _text(row, mapping.response, required=True)})
+    return Conversation(messages, tools_of(row, mapping))
+
+
+def alpaca_prompt(row: dict[str, Any], mapping: Mapping) -> list[dict[str, str]]:
+    """The messages of an alpaca row up to its answer: system, history, then the instruction and input."""
     prompt = _text(row, mapping.prompt, required=False)
     query = _text(row, mapping.query, required=False)
     if mapping.prompt not in row and mapping.query not in row:
@@ -278,13 +305,12 @@ def _alpaca(row: dict[str, Any], mapping: Mapping) -> Conversation:
     user = "\n".join(part for part in (prompt, query) if part)
     if not user.strip():
         raise RowError(f"fields '{mapping.prompt}' and '{mapping.query}' are both empty")
-    response = _text(row, mapping.response, required=True)
     messages = _system_message(row, mapping)
-    history = _maybe_json_list(row.get(mapping.history)) if mapping.history is not None else None
+    history = maybe_json_list(row.get(mapping.history)) if mapping.history is not None else None
     if history not in (None, ""):
         if not isinstance(history, list):
             raise RowError(
-                f"field '{mapping.history}' must be a list of [prompt, response] pairs, got {_type(history)}"
+                f"field '{mapping.history}' must be a list of [prompt, response] pairs, got {type_name(history)}"
             )
         for i, pair in enumerate(history, start=1):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
@@ -292,22 +318,22 @@ def _alpaca(row: dict[str, Any], mapping: Mapping) -> Conversation:
             if not pair[0].strip() or not pair[1].strip():
                 raise RowError(f"'{mapping.history}' entry {i} has an empty prompt or response")
             messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-    messages += [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
-    return Conversation(messages, _tools(row, mapping))
+    messages.append({"role": "user", "content": user})
+    return messages
 
 
 def _turns(row: dict[str, Any], key: str) -> list[Any]:
     if key not in row:
         raise RowError(f"missing field '{key}' (fields present: {', '.join(sorted(row)[:10])})")
-    turns = _maybe_json_list(row[key])
+    turns = maybe_json_list(row[key])
     if not isinstance(turns, list):
-        raise RowError(f"field '{key}' must be a list of turns, got {_type(turns)}")
+        raise RowError(f"field '{key}' must be a list of turns, got {type_name(turns)}")
     if not turns:
         raise RowError(f"field '{key}' is an empty conversation")
     return turns
 
 
-def _sharegpt(row: dict[str, Any], mapping: Mapping) -> Conversation:
+def sharegpt(row: dict[str, Any], mapping: Mapping) -> Conversation:
     key = mapping.messages_key("sharegpt")
     role_tag, content_tag, user_tag, assistant_tag = mapping.sharegpt_tags()
     roles = {
@@ -330,12 +356,12 @@ def _conversation(
         if role == "system" and (n != 1 or messages):
             raise RowError(f"turn {n} is a system {word}; only the first {word} may be one")
         messages.append({"role": role, "content": content})
-    return Conversation(messages, _tools(row, mapping))
+    return Conversation(messages, tools_of(row, mapping))
 
 
 def _turn(turn: Any, n: int, role_tag: str, content_tag: str, roles: dict[str, str]) -> tuple[str, str]:
     if not isinstance(turn, dict):
-        raise RowError(f"turn {n} must be an object with '{role_tag}' and '{content_tag}', got {_type(turn)}")
+        raise RowError(f"turn {n} must be an object with '{role_tag}' and '{content_tag}', got {type_name(turn)}")
     for tag in (role_tag, content_tag):
         if tag not in turn:
             raise RowError(f"turn {n} has no '{tag}' key (keys: {', '.join(sorted(turn))}); check tags/format")
@@ -349,7 +375,7 @@ def _turn(turn: Any, n: int, role_tag: str, content_tag: str, roles: dict[str, s
     if content is None and roles[raw_role] == "assistant" and turn.get("tool_calls"):
         content = json.dumps(turn["tool_calls"], ensure_ascii=False)
     if not isinstance(content, str):
-        raise RowError(f"turn {n} ({raw_role}) content must be a string, got {_type(content)}")
+        raise RowError(f"turn {n} ({raw_role}) content must be a string, got {type_name(content)}")
     if roles[raw_role] != "system" and not content.strip():
         raise RowError(f"turn {n} ({raw_role}) is empty")
     return roles[raw_role], content
@@ -364,7 +390,7 @@ def _join_parts(parts: list[Any], n: int) -> str:
     return "".join(texts)
 
 
-def _openai(row: dict[str, Any], mapping: Mapping) -> Conversation:
+def openai(row: dict[str, Any], mapping: Mapping) -> Conversation:
     key = mapping.messages_key("openai")
     role_tag, content_tag, user_tag, assistant_tag = mapping.openai_tags()
     roles = {user_tag: "user", assistant_tag: "assistant", "tool": "tool", "function": "tool", "system": "system"}

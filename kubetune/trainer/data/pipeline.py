@@ -26,14 +26,8 @@ from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
-from kubetune.trainer.data.formats import (
-    Conversation,
-    Mapping,
-    RowError,
-    detect_format,
-    not_sft,
-    to_conversation,
-)
+from kubetune.trainer.data.formats import Mapping, RowError
+from kubetune.trainer.data.kinds import SFT, Kind, kind_of
 from kubetune.trainer.data.report import MAX_LISTED, DataReport, DatasetReport, RowProblem
 from kubetune.trainer.data.sources import (
     Row,
@@ -43,7 +37,7 @@ from kubetune.trainer.data.sources import (
     hub_rows,
     read_rows,
 )
-from kubetune.trainer.data.tokenize import DROPPED, FAILED, TRUNCATED, assistant_spans, encode_batch, render_preview
+from kubetune.trainer.data.tokenize import DROPPED, FAILED, TRUNCATED, assistant_spans
 from kubetune.trainer.templates import ChatTemplate, resolve_template
 
 log = logging.getLogger("kubetune.data")
@@ -66,7 +60,8 @@ def max_row_characters(limit: int | None, cutoff_len: int) -> int:
 
 @dataclass
 class PreparedData:
-    train: Any  # datasets.Dataset: input_ids, labels (-100 = no loss), position_ids
+    # datasets.Dataset: sft input_ids, labels (-100 = no loss), position_ids; dpo prompt/chosen/rejected_ids
+    train: Any
     eval: Any | None
     report: DataReport
     template: ChatTemplate
@@ -109,14 +104,20 @@ class _Source:
 
 
 def _fetch_source(
-    source: str, split: str, fmt: str, mapping: Mapping, max_samples: int | None, opts: st.StorageOptions | None
+    source: str,
+    split: str,
+    fmt: str,
+    mapping: Mapping,
+    max_samples: int | None,
+    opts: st.StorageOptions | None,
+    kind: Kind,
 ) -> _Source:
     src = _Source(source, split, fmt, mapping, max_samples)
     try:
         if location_kind(source) == "hub":
             src.hub = True
         else:
-            src.files = fetch(source, opts)
+            src.files = fetch(source, opts, kind.suffixes)
     except SourceError as exc:
         raise DataValidationError(str(exc)) from None
     return src
@@ -129,14 +130,14 @@ def _fetch_source(
 
 @dataclass
 class _Checked:
-    """Valid conversations of one dataset, with their origins (file, row)."""
+    """Valid examples (conversations, or pairs for dpo) of one dataset, with their origins (file, row)."""
 
     split: str
-    convs: list[Conversation]
+    convs: list[Any]
     origins: list[tuple[str, int]]
 
 
-def _check_source(src: _Source, report: DataReport, max_chars: int) -> _Checked:
+def _check_source(src: _Source, report: DataReport, max_chars: int, kind: Kind) -> _Checked:
     dsr = DatasetReport(source=src.source, split=src.split, format=src.format)
     dsr.files = [{"uri": f.uri, "sha256": f.sha256, "bytes": len(f.data)} for f in src.files]
     report.datasets.append(dsr)
@@ -144,15 +145,15 @@ def _check_source(src: _Source, report: DataReport, max_chars: int) -> _Checked:
         dsr.detected, dsr.formats = src.format, [src.format]
     out = _Checked(src.split, [], [])
     for file, rows in _by_file(src.rows()):
-        fmt, mapping = _file_format(src, file, rows, dsr)
+        fmt, mapping = _file_format(src, file, rows, dsr, kind)
         for row in rows:
             dsr.rows_read += 1
             value = row.value
             try:
                 if isinstance(value, RowError):
                     raise value
-                conv = to_conversation(value, fmt, mapping)
-                _check_length(conv, max_chars)
+                conv = kind.convert(value, fmt, mapping)
+                _check_length(kind.chars(conv), max_chars)
             except RowError as exc:
                 dsr.invalid += 1
                 report.add_invalid(row.file, row.row, str(exc))
@@ -164,8 +165,7 @@ def _check_source(src: _Source, report: DataReport, max_chars: int) -> _Checked:
     return out
 
 
-def _check_length(conv: Conversation, max_chars: int) -> None:
-    chars = sum(len(m["content"]) for m in conv.messages) + len(conv.tools or "")
+def _check_length(chars: int, max_chars: int) -> None:
     if chars > max_chars:
         raise RowError(
             f"{chars:,} characters of turns and tools, more than data.maxRowCharacters ({max_chars:,}; by default "
@@ -180,14 +180,14 @@ def _by_file(rows: Iterable[Row]) -> Iterator[tuple[str, list[Row]]]:
         yield file, list(group)
 
 
-def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -> tuple[str, Mapping]:
+def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport, kind: Kind) -> tuple[str, Mapping]:
     """The format of one file: the spec's, or detected from this file's own rows (`auto`).
 
     Detection is per file because one prefix may hold files of different layouts (an alpaca file beside
     a sharegpt one); the format found for each file is recorded in the report and logged.
     """
     sample = list(itertools.islice((r.value for r in rows if isinstance(r.value, dict)), _DETECT_ROWS))
-    kinds = Counter(kind for kind in map(not_sft, sample) if kind)
+    kinds = Counter(other for other in map(kind.refuse, sample) if other)
     if kinds and kinds.most_common(1)[0][1] * 2 > len(sample):  # one message for the file, not one per row
         raise DataValidationError(f"{file}: {kinds.most_common(1)[0][0]}")
     if src.format != "auto":
@@ -196,7 +196,7 @@ def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -
     if not sample:  # no row of the file is an object: each is reported as invalid, whatever the format
         return "alpaca", src.mapping
     try:
-        fmt, mapping, description = detect_format(sample, src.mapping)
+        fmt, mapping, description = kind.detect(sample, src.mapping)
     except RowError as exc:
         raise DataValidationError(f"{file}: {exc}") from None
     log.info("%s: detected format %s", file, description)
@@ -204,7 +204,7 @@ def _file_format(src: _Source, file: str, rows: list[Row], dsr: DatasetReport) -
     return fmt, mapping
 
 
-def _mix(parts: list[_Checked], strategy: str) -> tuple[list[Conversation], list[tuple[str, int]]]:
+def _mix(parts: list[_Checked], strategy: str) -> tuple[list[Any], list[tuple[str, int]]]:
     if strategy == "interleave":
         order = [
             (p, i) for i in range(max((len(p.convs) for p in parts), default=0)) for p in parts if i < len(p.convs)
@@ -228,49 +228,40 @@ def _require_fast(tokenizer: Any) -> None:
 
 
 def _tokenize(
-    convs: list[Conversation],
+    convs: list[Any],
     tokenizer: Any,
     template: ChatTemplate,
     cutoff_len: int,
     train_on: str,
     num_proc: int | None,
     fingerprint: str,
+    kind: Kind = SFT,
 ) -> Any:
     import datasets
-    import pyarrow as pa
 
-    # Built by pyarrow directly: datasets' from_dict encodes every nested message in Python, which took a
-    # tenth of the whole preparation, all of it in the main process.
-    message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    table = pa.table(
-        {
-            "messages": pa.array([c.messages for c in convs], type=pa.list_(message)),
-            "tools": pa.array([c.tools for c in convs], type=pa.string()),
-        }
-    )
+    table = kind.columns(convs)
     ds = datasets.Dataset(table)
     if num_proc is None:
         num_proc = min(os.cpu_count() or 1, 8, max(1, len(convs) // _ROWS_PER_WORKER))
     features = datasets.Features(
         {
-            "input_ids": datasets.List(datasets.Value("int32")),
-            "labels": datasets.List(datasets.Value("int32")),
+            **{name: datasets.List(datasets.Value("int32")) for name in kind.token_columns},
             "n_full": datasets.Value("int32"),
             "trainable": datasets.Value("int32"),
             "status": datasets.Value("int8"),
             "error": datasets.Value("string"),
         }
     )
-    log.info("tokenizing %d conversations (%d processes)", len(convs), max(num_proc, 1))
+    log.info("tokenizing %d %s (%d processes)", len(convs), kind.noun, max(num_proc, 1))
     fn = functools.partial(
-        encode_batch, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
+        kind.encode, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
     )
     return ds.map(
         fn,
         batched=True,
         batch_size=1000,
         num_proc=num_proc if num_proc > 1 else None,
-        remove_columns=["messages", "tools"],
+        remove_columns=table.column_names,
         features=features,
         new_fingerprint=fingerprint,  # hashing the tokenizer for datasets' own cache is slow and useless here
         desc="tokenizing",
@@ -322,7 +313,10 @@ def prepare_data(
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
     _require_fast(tokenizer)
     template = resolve_template(spec.template, tokenizer)
-    sources = [_fetch_source(d.source, d.split, d.format, Mapping.of(d), d.max_samples, opts) for d in spec.datasets]
+    kind = kind_of(spec)
+    sources = [
+        _fetch_source(d.source, d.split, d.format, Mapping.of(d), d.max_samples, opts, kind) for d in spec.datasets
+    ]
     training = spec.training
     key = cache_key(
         {
@@ -331,6 +325,7 @@ def prepare_data(
             "data": spec.data.model_dump(mode="json", exclude={"preprocessing_workers"}),
             "template": [template.name, template.jinja, template.stop_tokens],
             "tokenizer": tokenizer_fingerprint(tokenizer),
+            "stage": kind.stage,
             "cutoffLen": training.cutoff_len,
             "packing": training.packing,
             "seed": training.seed,
@@ -348,7 +343,7 @@ def prepare_data(
     entry.clear_failed()
     try:
         workers = num_proc if num_proc is not None else spec.data.preprocessing_workers
-        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, key)
+        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, key, kind)
     except DataValidationError as exc:
         entry.mark_failed(str(exc))
         raise
@@ -386,29 +381,35 @@ def _options(spec: Any) -> dict[str, Any]:
 
 
 def _build(
-    spec: Any, tokenizer: Any, template: ChatTemplate, sources: list[_Source], num_proc: int | None, key: str
+    spec: Any,
+    tokenizer: Any,
+    template: ChatTemplate,
+    sources: list[_Source],
+    num_proc: int | None,
+    key: str,
+    kind: Kind,
 ) -> tuple[DataReport, Any, Any | None]:
     data, training = spec.data, spec.training
     report = DataReport(invalid_policy=data.invalid_rows, options=_options(spec))
     report.template = _template_info(template, tokenizer, report)
     max_chars = max_row_characters(data.max_row_characters, training.cutoff_len)
-    checked = [_check_source(s, report, max_chars) for s in sources]
+    checked = [_check_source(s, report, max_chars, kind) for s in sources]
     _fail_if_invalid(report, data.invalid_rows)
 
     train_convs, train_origins = _mix([c for c in checked if c.split == "train"], data.mix)
     eval_convs, eval_origins = _mix([c for c in checked if c.split == "validation"], data.mix)
     cutoff, train_on = training.cutoff_len, data.train_on
-    train = _tokenize(train_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-train")
+    train = _tokenize(train_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-train", kind)
     keep_train = _account(train, train_origins, report)
     eval_ = None
     keep_eval = np.zeros(0, dtype=np.int64)
     if eval_convs:
-        eval_ = _tokenize(eval_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-eval")
+        eval_ = _tokenize(eval_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-eval", kind)
         keep_eval = _account(eval_, eval_origins, report)
     _fail_if_invalid(report, data.invalid_rows)  # template failures found while tokenizing
 
-    train_table = _kept_table(train, keep_train)
-    eval_table = _kept_table(eval_, keep_eval) if eval_ is not None else None
+    train_table = _kept_table(train, keep_train, kind)
+    eval_table = _kept_table(eval_, keep_eval, kind) if eval_ is not None else None
     if data.validation_split > 0 and train_table.num_rows > 1:
         train_table, held_out = _hold_out(train_table, data.validation_split, training.seed)
         eval_table = held_out if eval_table is None else _concat(eval_table, held_out)
@@ -417,9 +418,14 @@ def _build(
             f"no training example left: {report.rows_read} rows read, {report.invalid} invalid, "
             f"{report.dropped_too_long} without a trainable token within cutoffLen {cutoff}"
         )
-    _count_tokens(report, [t for t in (train_table, eval_table) if t is not None])
+    _count_tokens(report, [t for t in (train_table, eval_table) if t is not None], kind)
     report.train_examples = train_table.num_rows
     report.eval_examples = eval_table.num_rows if eval_table is not None else 0
+    if not kind.packs:
+        if kind.finish is not None:
+            train_table = kind.finish(train_table, cutoff)
+            eval_table = kind.finish(eval_table, cutoff) if eval_table is not None else None
+        return report, _dataset(train_table, kind), _dataset(eval_table, kind) if eval_table is not None else None
     lengths = np.diff(pk.list_array(train_table.column("input_ids")).offsets.to_numpy())
     if training.packing:
         train_table = pk.pack(train_table, cutoff)
@@ -428,7 +434,7 @@ def _build(
         train_table = pk.with_position_ids(train_table)
         eval_table = pk.with_position_ids(eval_table) if eval_table is not None else None
     report.packing = _packing_stats(lengths, training)
-    return report, _dataset(train_table), _dataset(eval_table) if eval_table is not None else None
+    return report, _dataset(train_table, kind), _dataset(eval_table, kind) if eval_table is not None else None
 
 
 def _fail_if_invalid(report: DataReport, policy: str) -> None:
@@ -438,10 +444,10 @@ def _fail_if_invalid(report: DataReport, policy: str) -> None:
         log.warning("skipping %d invalid rows (invalidRows: skip); they are listed in the data report", report.invalid)
 
 
-def _kept_table(encoded: Any, keep: np.ndarray) -> Any:
+def _kept_table(encoded: Any, keep: np.ndarray, kind: Kind) -> Any:
     import pyarrow as pa
 
-    table = encoded.data.table.select(["input_ids", "labels", "trainable"])
+    table = encoded.data.table.select([*kind.token_columns, "trainable"])
     if len(keep) == table.num_rows:  # the usual case: every example trains, and take() would copy them all
         return table
     return table.take(pa.array(keep, type=pa.int64()))
@@ -463,10 +469,11 @@ def _concat(a: Any, b: Any) -> Any:
     return pa.concat_tables([a, b])
 
 
-def _count_tokens(report: DataReport, tables: Iterable[Any]) -> None:
+def _count_tokens(report: DataReport, tables: Iterable[Any], kind: Kind) -> None:
     for table in tables:
-        ids = pk.list_array(table.column("input_ids"))
-        report.total_tokens += len(ids.flatten())
+        for name in kind.token_columns:
+            if name.endswith("_ids"):
+                report.total_tokens += len(pk.list_array(table.column(name)).flatten())
         report.trainable_tokens += int(np.asarray(table.column("trainable").to_numpy()).sum())
 
 
@@ -491,10 +498,11 @@ def _packing_stats(lengths: np.ndarray, training: Any) -> dict[str, Any]:
     return stats
 
 
-def _dataset(table: Any) -> Any:
+def _dataset(table: Any, kind: Kind) -> Any:
     import datasets
 
-    return datasets.Dataset(table.select(["input_ids", "labels", "position_ids"]))
+    columns = [*kind.token_columns, *(["position_ids"] if "position_ids" in table.column_names else [])]
+    return datasets.Dataset(table.select(columns))
 
 
 def _template_info(template: ChatTemplate, tokenizer: Any, report: DataReport) -> dict[str, Any]:
@@ -518,13 +526,14 @@ def _template_info(template: ChatTemplate, tokenizer: Any, report: DataReport) -
 def first_conversation(spec: Any, storage: st.StorageOptions | None = None) -> list[dict[str, str]] | None:
     """The first valid conversation of the first training dataset, as the trainer reads it (or None)."""
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
+    kind = kind_of(spec)
     for d in spec.datasets:
         if d.split != "train":
             continue
-        src = _fetch_source(d.source, d.split, d.format, Mapping.of(d), _DETECT_ROWS, opts)
+        src = _fetch_source(d.source, d.split, d.format, Mapping.of(d), _DETECT_ROWS, opts, kind)
         max_chars = max_row_characters(spec.data.max_row_characters, spec.training.cutoff_len)
-        checked = _check_source(src, DataReport(), max_chars)
-        return checked.convs[0].messages if checked.convs else None
+        checked = _check_source(src, DataReport(), max_chars, kind)
+        return kind.messages(checked.convs[0]) if checked.convs else None
     return None
 
 
@@ -546,37 +555,34 @@ def check_file(
     max_row_chars: int | None = None,
     storage: st.StorageOptions | None = None,
     num_proc: int | None = None,
+    kind: Kind = SFT,
 ) -> tuple[DataReport, str]:
     """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
 
     Returns the report and a preview: the first valid example rendered, tokenized, with its label mask.
     """
     _require_fast(tokenizer)
-    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage)
+    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage, kind)
     max_chars = max_row_characters(max_row_chars, cutoff_len)
     options = {"cutoffLen": cutoff_len, "trainOn": train_on, "maxRowCharacters": max_chars}
     report = DataReport(invalid_policy="check", options=options)
     report.template = _template_info(template, tokenizer, report)
-    checked = _check_source(src, report, max_chars)
+    checked = _check_source(src, report, max_chars, kind)
     preview = "no valid row to preview"
     if checked.convs:
         with _quiet_progress():
             encoded = _tokenize(
-                checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, f"check-{os.getpid()}"
+                checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, f"check-{os.getpid()}", kind
             )
         keep = _account(encoded, checked.origins, report)
-        table = _kept_table(encoded, keep)
-        _count_tokens(report, [table])
+        table = _kept_table(encoded, keep, kind)
+        _count_tokens(report, [table], kind)
         report.train_examples = table.num_rows
         if len(keep):
             first = int(keep[0])
-            preview = render_preview(
-                tokenizer,
-                template,
-                checked.convs[first],
-                table.column("labels")[0].as_py(),
-                checked.origins[first],
-                train_on,
+            encoded_row = {name: table.column(name)[0].as_py() for name in kind.token_columns}
+            preview = kind.preview(
+                tokenizer, template, checked.convs[first], encoded_row, checked.origins[first], train_on
             )
     return report, preview
 

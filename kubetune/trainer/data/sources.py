@@ -50,15 +50,21 @@ class Row:
     value: dict[str, Any] | RowError
 
 
-def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[str]:
+# Plain text files are data only for stage pt (elsewhere a notes.txt beside the data is not data).
+TEXT_SUFFIX = ".txt"
+
+
+def list_data_files(
+    source: str, opts: storage.StorageOptions | None, suffixes: tuple[str, ...] = DATA_SUFFIXES
+) -> list[str]:
     """The data files of a source, in a stable (sorted) order; other files under a prefix are skipped."""
     try:
         found = storage.list_files(source, opts)
     except storage.StorageError as exc:
         raise SourceError(str(exc)) from None
-    files = [f for f in found if _is_data_file(f)]
+    files = [f for f in found if _is_data_file(f, suffixes)]
     if not files:
-        expected = f"expected {', '.join(DATA_SUFFIXES)}"
+        expected = f"expected {', '.join(suffixes)}"
         if found:
             raise SourceError(f"no data files under {source} ({len(found)} other files); {expected}")
         # S3 has no empty directories: a prefix named with its trailing slash is taken as meant to be one.
@@ -71,15 +77,17 @@ def list_data_files(source: str, opts: storage.StorageOptions | None) -> list[st
     return files
 
 
-def _is_data_file(uri: str) -> bool:
+def _is_data_file(uri: str, suffixes: tuple[str, ...]) -> bool:
     name = uri.rstrip("/").rsplit("/", 1)[-1]
-    return name.lower().endswith(DATA_SUFFIXES) and not name.startswith((".", "_")) and name not in _NOT_DATA
+    return name.lower().endswith(suffixes) and not name.startswith((".", "_")) and name not in _NOT_DATA
 
 
-def fetch(source: str, opts: storage.StorageOptions | None) -> list[SourceFile]:
+def fetch(
+    source: str, opts: storage.StorageOptions | None, suffixes: tuple[str, ...] = DATA_SUFFIXES
+) -> list[SourceFile]:
     """Every data file of a local/S3 source, read into memory (hashed for the cache key)."""
     out = []
-    for uri in list_data_files(source, opts):
+    for uri in list_data_files(source, opts, suffixes):
         try:
             out.append(SourceFile(uri, storage.read_bytes(uri, opts)))
         except storage.StorageError as exc:
@@ -97,8 +105,10 @@ def read_rows(src: SourceFile, limit: int | None = None) -> Iterator[Row]:
         rows = _csv(src)
     elif name.endswith(".parquet"):
         rows = _parquet(src)
+    elif name.endswith(".txt"):
+        rows = _txt(src)
     else:
-        raise SourceError(f"{src.uri}: unsupported file type; use {', '.join(DATA_SUFFIXES)}")
+        raise SourceError(f"{src.uri}: unsupported file type; use {', '.join((*DATA_SUFFIXES, TEXT_SUFFIX))}")
     for n, row in enumerate(rows):
         if limit is not None and n >= limit:
             return
@@ -227,6 +237,19 @@ def _first_bad_string(value: Any) -> str | None:
         if bad is not None:
             return bad
     return None
+
+
+def _txt(src: SourceFile) -> Iterator[Row]:
+    """One document per non-empty line (LLaMA-Factory's text files), as a row with a `text` column."""
+    for lineno, raw in enumerate(src.data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode(_ENCODING if lineno == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            yield Row(src.uri, lineno, _utf8_problem(exc))
+            continue
+        yield Row(src.uri, lineno, {"text": text})
 
 
 def _csv(src: SourceFile) -> Iterator[Row]:

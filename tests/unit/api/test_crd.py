@@ -176,6 +176,18 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
         (["method"], {"type": "lora", "quantization": {"bits": 4}}, "quantization applies only to type: qlora"),
         (["method"], {"type": "full", "lora": {"rank": 8}}, "lora settings do not apply to type: full"),
         (["training"], {"epochs": 1, "maxSteps": 5}, "set epochs or maxSteps, not both"),
+        ([], {"datasets": [{"source": "x"}], "preference": {"beta": 0.2}}, "preference applies only to stage: dpo"),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "dpo", "training": {"packing": True}},
+            "stage dpo trains on whole pairs and cannot pack them",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "pt", "training": {"packing": False}},
+            "stage pt always joins documents into cutoffLen blocks",
+        ),
+        (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
     ],
 )

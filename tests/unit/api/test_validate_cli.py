@@ -75,6 +75,33 @@ BAD = [
         "is not a Kubernetes quantity",
     ),
     ("bad-template", _with({"template": "llama-3"}), "spec.template", "did you mean 'llama3'?"),
+    ("bad-stage", _with({"stage": "rlhf"}), "spec.stage", "must be one of sft, dpo or pt"),
+    (
+        "preference-on-sft",
+        _with({"preference": {"beta": 0.2}}),
+        "spec",
+        "preference applies only to stage: dpo",
+    ),
+    (
+        "dpo-packing",
+        _with({"stage": "dpo", "training": {"packing": True}}),
+        "spec",
+        "stage dpo trains on whole pairs and cannot pack them",
+    ),
+    (
+        "pt-packing",
+        _with({"stage": "pt", "training": {"packing": False}}),
+        "spec",
+        "stage pt always joins documents into cutoffLen blocks",
+    ),
+    ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "orpo"}}), "spec.preference.loss", "must be one of"),
+    ("beta-zero", _with({"stage": "dpo", "preference": {"beta": 0}}), "spec.preference.beta", "must be > 0"),
+    (
+        "smoothing-on-sigmoid",
+        _with({"stage": "dpo", "preference": {"labelSmoothing": 0.1}}),
+        "spec.preference",
+        "labelSmoothing applies only to loss: robust",
+    ),
     ("bad-name", {**BASE, "metadata": {"name": "My_Job"}}, "metadata.name", "is not a valid name"),
     # Strict like the API server: no silent coercion of strings to numbers or booleans.
     ("string-number", _with({"resources": {"nodes": "2"}}), "spec.resources.nodes", "must be a whole number"),

@@ -358,19 +358,27 @@ LF_SHAREGPT_ROLES = {
 }
 
 
+TEXT_ONLY = "kubetune trains text only"
+
+
 @pytest.mark.parametrize(
-    ("name", "options", "kind"),
+    ("name", "options", "kind", "advice"),
     [
-        ("kto_en_demo.json", LF_SHAREGPT_ROLES, "KTO data (a true/false 'label' column"),
-        ("dpo_en_demo.json", {"format": "sharegpt"}, "preference data ('chosen' and 'rejected' columns"),
-        ("mllm_demo.json", LF_SHAREGPT_ROLES, "multimodal data ('images' with the turns)"),
-        ("mllm_video_demo.json", {}, "multimodal data ('videos' with the turns)"),
-        ("mllm_audio_demo.json", {}, "multimodal data ('audios' with the turns)"),
+        ("kto_en_demo.json", LF_SHAREGPT_ROLES, "KTO data (a true/false 'label' column", "does not train KTO yet"),
+        (
+            "dpo_en_demo.json",
+            {"format": "sharegpt"},
+            "preference data ('chosen' and 'rejected' columns",
+            "set spec.stage: dpo to train on it",
+        ),
+        ("mllm_demo.json", LF_SHAREGPT_ROLES, "multimodal data ('images' with the turns)", TEXT_ONLY),
+        ("mllm_video_demo.json", {}, "multimodal data ('videos' with the turns)", TEXT_ONLY),
+        ("mllm_audio_demo.json", {}, "multimodal data ('audios' with the turns)", TEXT_ONLY),
     ],
 )
 @pytest.mark.parametrize("as_configured", [True, False], ids=["llamafactory-mapping", "auto"])
 def test_llamafactory_kto_preference_and_multimodal_data_are_refused_as_what_they_are(
-    tokenizer: Any, tmp_path: Path, name: str, options: dict[str, Any], kind: str, as_configured: bool
+    tokenizer: Any, tmp_path: Path, name: str, options: dict[str, Any], kind: str, advice: str, as_configured: bool
 ) -> None:
     path = LLAMAFACTORY / name
     dataset = {"source": str(path), **(options if as_configured else {})}
@@ -379,8 +387,8 @@ def test_llamafactory_kto_preference_and_multimodal_data_are_refused_as_what_the
         spec = make_spec([dataset], data={"invalidRows": policy})
         with pytest.raises(DataValidationError) as err:
             prepare_data(spec, tokenizer, cache_dir=tmp_path / "cache")
-        assert expected in str(err.value) and "kubetune trains text SFT only for now" in str(err.value)
-    with pytest.raises(DataValidationError, match="trains text SFT only"):
+        assert expected in str(err.value) and advice in str(err.value)
+    with pytest.raises(DataValidationError, match=advice):
         check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
 
 
@@ -390,7 +398,7 @@ def test_a_stray_multimodal_row_in_text_data_is_an_invalid_row(
     path = write_jsonl("mostly_text.jsonl", [*ALPACA, {**ALPACA[0], "images": ["cat.png"]}])
     report, _ = check_file(str(path), tokenizer, resolve_template("auto", tokenizer))
     assert [(r.row, r.reason) for r in report.invalid_rows] == [
-        (4, "this looks like multimodal data ('images' with the turns); kubetune trains text SFT only for now")
+        (4, "this looks like multimodal data ('images' with the turns); kubetune trains text only")
     ]
 
 

@@ -1,0 +1,276 @@
+"""Preference pairs (stage dpo): a prompt conversation and two answers to it, chosen and rejected.
+
+The layouts are LLaMA-Factory's `ranking: true` datasets and TRL's:
+- sharegpt / openai: the prompt turns under `conversations` / `messages`, and `chosen` / `rejected`
+  each one assistant turn ({"from": "gpt", "value": ...} or {"role": "assistant", "content": ...});
+- alpaca: instruction / input (and system, history) with `chosen` / `rejected` strings;
+- TRL: `prompt` as a string (read as alpaca with columns.prompt: prompt) or as a list of messages,
+  and `chosen` / `rejected` as strings or lists of one assistant message.
+
+Every pair is checked like an SFT row (RowError with a reason), and on top: neither answer is empty,
+they differ, and the prompt ends with a user (or tool) turn, not a dangling assistant one.
+Tokenizing renders the prompt with the generation prompt exactly as SFT masking does, and each
+answer as the prompt's assistant turn, end-of-turn token included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kubetune.trainer.data import formats as fm
+from kubetune.trainer.data.formats import Mapping, RowError
+from kubetune.trainer.data.tokenize import DROPPED, FAILED, OK, TRUNCATED, TemplateMismatch
+from kubetune.trainer.templates import ChatTemplate, render
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    tools: str | None = None
+
+    def chars(self) -> int:
+        return (
+            sum(len(m["content"]) for m in self.prompt) + len(self.chosen) + len(self.rejected) + len(self.tools or "")
+        )
+
+    def messages(self) -> list[dict[str, str]]:
+        """The prompt and the chosen answer as one conversation (the export check's probe)."""
+        return [*self.prompt, {"role": "assistant", "content": self.chosen}]
+
+
+# --------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------
+
+
+def is_pair(row: dict[str, Any], mapping: Mapping) -> bool:
+    return mapping.chosen in row and mapping.rejected in row
+
+
+def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
+    """(format, mapping, description) of sample preference rows; the most common layout wins."""
+    votes: Counter[tuple[str, str | None, str]] = Counter()
+    for row in rows:
+        vote = _detect_one(row, mapping)
+        if vote is not None:
+            votes[vote] += 1
+    if not votes:
+        keys = sorted({k for row in rows for k in row})[:12]
+        raise RowError(
+            f"spec.stage is dpo, which trains on preference pairs, but no row has '{mapping.chosen}' and "
+            f"'{mapping.rejected}' beside a prompt ({mapping.prompt}, prompt, or a list of turns under "
+            f"{', '.join(fm.MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. Set format and columns."
+        )
+    (fmt, key, style), _ = votes.most_common(1)[0]
+    answers = f"answers in '{mapping.chosen}'/'{mapping.rejected}'"
+    if fmt == "alpaca":
+        prompt = key or mapping.prompt
+        return fmt, replace(mapping, prompt=prompt), f"preference pairs, alpaca (prompt in '{prompt}', {answers})"
+    return (
+        fmt,
+        replace(mapping, messages=key),
+        f"preference pairs, {fmt} (prompt turns under '{key}' with {style}, {answers})",
+    )
+
+
+def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None, str] | None:
+    if not is_pair(row, mapping):
+        return None
+    keys = [mapping.messages] if mapping.messages else [*fm.MESSAGE_KEYS, "prompt"]
+    for key in keys:
+        turns = fm.maybe_json_list(row.get(key))
+        if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+            first = turns[0]
+            if mapping.role_tag and mapping.role_tag in first:
+                return (
+                    ("openai", key, "role/content") if mapping.role_tag == "role" else ("sharegpt", key, "from/value")
+                )
+            if "from" in first and "value" in first:
+                return "sharegpt", key, "from/value"
+            if "role" in first and "content" in first:
+                return "openai", key, "role/content"
+    if mapping.prompt in row:
+        return "alpaca", None, ""
+    if isinstance(row.get("prompt"), str):  # TRL's string shape
+        return "alpaca", "prompt", ""
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion + validation
+# --------------------------------------------------------------------------------------------
+
+
+def to_pair(row: Any, fmt: str, mapping: Mapping) -> Pair:
+    """The checked pair of one row, or RowError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected an object with named fields, got {type(row).__name__}")
+    other_kind = fm.not_kind(row, "pair")
+    if other_kind:
+        raise RowError(other_kind)
+    for key in (mapping.chosen, mapping.rejected):
+        if key not in row:
+            present = ", ".join(sorted(row)[:10])
+            raise RowError(f"missing field '{key}': spec.stage dpo needs a preference pair (fields present: {present})")
+    try:
+        if fmt == "alpaca":
+            prompt, tools = fm.alpaca_prompt(row, mapping), fm.tools_of(row, mapping)
+        elif fmt in ("sharegpt", "openai"):
+            conv = (fm.sharegpt if fmt == "sharegpt" else fm.openai)(row, mapping)
+            prompt, tools = conv.messages, conv.tools
+        else:
+            raise ValueError(f"unknown format {fmt}")
+    except RecursionError:
+        raise fm.too_deep() from None
+    _check_prompt(prompt)
+    chosen = _answer(row[mapping.chosen], mapping.chosen, fmt, mapping)
+    rejected = _answer(row[mapping.rejected], mapping.rejected, fmt, mapping)
+    if chosen == rejected:
+        raise RowError(f"'{mapping.chosen}' and '{mapping.rejected}' are the same answer: there is nothing to prefer")
+    return Pair(prompt, chosen, rejected, tools)
+
+
+def _check_prompt(messages: list[dict[str, str]]) -> None:
+    body = messages[1:] if messages and messages[0]["role"] == "system" else messages
+    if body and body[-1]["role"] == "assistant":
+        raise RowError(
+            f"the prompt ends with an assistant turn (turn {len(body)}): the chosen and rejected answers must "
+            "follow a user turn; move that turn into chosen/rejected or drop it"
+        )
+    # The answers complete the conversation: its roles must then be in order like an SFT row's.
+    fm.check_order([*messages, {"role": "assistant", "content": "answer"}])
+
+
+def _answer(value: Any, key: str, fmt: str, mapping: Mapping) -> str:
+    """One answer: a string, one assistant turn in the format's tags, or a list of one assistant message."""
+    value = fm.maybe_json_list(value)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RowError(f"field '{key}' must hold one assistant turn, got a list of {len(value)}")
+        value = value[0]
+    if isinstance(value, dict):
+        role_tag, content_tag, _, assistant = (
+            mapping.sharegpt_tags() if fmt == "sharegpt" or "from" in value else mapping.openai_tags()
+        )
+        if value.get(role_tag, assistant) != assistant:
+            raise RowError(f"field '{key}' is a {value.get(role_tag)!r} turn; the answer must be the assistant's")
+        value = value.get(content_tag)
+    if not isinstance(value, str):
+        raise RowError(f"field '{key}' must be an answer (a string or an assistant turn), got {fm.type_name(value)}")
+    if not value.strip():
+        raise RowError(f"field '{key}' is empty")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizing (runs inside datasets.Dataset.map(batched=True))
+# --------------------------------------------------------------------------------------------
+
+
+def encode_pairs(
+    batch: dict[str, list[Any]], *, tokenizer: Any, template: ChatTemplate, cutoff_len: int, train_on: str
+) -> dict[str, list[Any]]:
+    """prompt_ids / chosen_ids / rejected_ids, the answers cut so prompt + answer fits cutoffLen."""
+    del train_on  # only the answers carry loss in preference training
+    special = dict(tokenizer.special_tokens_map)
+    texts: list[str] = []
+    errors: list[str] = []
+    for prompt, chosen, rejected, tools in zip(
+        batch["prompt"], batch["chosen"], batch["rejected"], batch["tools"], strict=True
+    ):
+        try:
+            texts += render_pair(template, prompt, chosen, rejected, json.loads(tools) if tools else None, special)
+            errors.append("")
+        except Exception as exc:  # a template's raise_exception() or a mismatch: this row only
+            texts += ["", "", ""]
+            errors.append(f"chat template failed: {exc}")
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("prompt_ids", "chosen_ids", "rejected_ids", "n_full", "trainable", "status", "error")
+    }
+    for i, error in enumerate(errors):
+        prompt_ids, chosen_full, rejected_full = (encodings[3 * i + j].ids for j in range(3))
+        if error:
+            _append(out, [], [], [], 0, FAILED, error)
+            continue
+        # A token spanning the end of the prompt stays in the prompt (as TRL does): common prefix of the three.
+        n = min(_common(prompt_ids, chosen_full), _common(prompt_ids, rejected_full))
+        prompt, chosen, rejected = prompt_ids[:n], chosen_full[n:], rejected_full[n:]
+        n_full = n + max(len(chosen), len(rejected))
+        if n >= cutoff_len or not chosen or not rejected:
+            reason = f"no answer token within cutoffLen {cutoff_len}: the prompt alone is {n} tokens"
+            _append(out, [], [], [], n_full, DROPPED, reason)
+            continue
+        room = cutoff_len - n
+        status = TRUNCATED if n_full > cutoff_len else OK
+        _append(out, prompt, chosen[:room], rejected[:room], n_full, status, "")
+    return out
+
+
+def render_pair(
+    template: ChatTemplate,
+    prompt: list[dict[str, str]],
+    chosen: str,
+    rejected: str,
+    tools: list[Any] | None,
+    special: dict[str, str],
+) -> list[str]:
+    """The prompt rendered with the generation prompt, then prompt + each answer as the last assistant turn."""
+    head = render(template, prompt, special_tokens=special, tools=tools, add_generation_prompt=True)
+    texts = [head]
+    for answer in (chosen, rejected):
+        full = render(
+            template, [*prompt, {"role": "assistant", "content": answer}], special_tokens=special, tools=tools
+        )
+        if not full.startswith(head):
+            raise TemplateMismatch(f"template '{template.name}' renders the prompt differently once an answer follows")
+        texts.append(full)
+    return texts
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _append(
+    out: dict[str, list[Any]],
+    prompt: list[int],
+    chosen: list[int],
+    rejected: list[int],
+    n_full: int,
+    status: int,
+    error: str,
+) -> None:
+    out["prompt_ids"].append(prompt)
+    out["chosen_ids"].append(chosen)
+    out["rejected_ids"].append(rejected)
+    out["n_full"].append(n_full)
+    out["trainable"].append(len(chosen) + len(rejected))
+    out["status"].append(status)
+    out["error"].append(error)
+
+
+def render_preview(tokenizer: Any, template: ChatTemplate, pair: Pair, origin: tuple[str, int], example: Any) -> str:
+    """The pair as the model sees it: prompt, then each answer (the trained part) inside [[ ]]."""
+    decode = tokenizer.decode
+    prompt = decode(example["prompt_ids"])
+    lines = [
+        f"Preview: {origin[0]} row {origin[1]} (template {template.name}, preference pair: "
+        f"{len(example['prompt_ids'])} prompt tokens, {len(example['chosen_ids'])} chosen, "
+        f"{len(example['rejected_ids'])} rejected; trained text is inside [[ ]])",
+        "chosen:",
+        f"{prompt}[[{decode(example['chosen_ids'])}]]",
+        "rejected:",
+        f"{prompt}[[{decode(example['rejected_ids'])}]]",
+    ]
+    return "\n".join(lines)
