@@ -46,7 +46,9 @@ def jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 
 def start_worker(tmp_path: Path, name: str, args: dict[str, Any]) -> subprocess.Popen[str]:
-    script = tmp_path / "worker.py"
+    # One file per worker: rewriting a shared one truncates it under a worker that is still starting
+    # to read it, which then runs an empty script and exits 0 with no output.
+    script = tmp_path / f"worker-{name}.py"
     script.write_text(WORKER)
     return subprocess.Popen(
         [sys.executable, str(script), json.dumps(args)],
@@ -191,7 +193,7 @@ def test_two_local_nodes_sharing_one_cache_dir_publish_one_entry(
         "cache_uri": f"{bucket}/out/cache/",
         "cache_dir": str(shared),
     }
-    procs = [start_worker(tmp_path, f"w{rank}", {**args, "rank": rank}) for rank in (1, 0, 0)]
+    procs = [start_worker(tmp_path, f"w{n}-rank{rank}", {**args, "rank": rank}) for n, rank in enumerate((1, 0, 0))]
     results = [finish(p)[0] for p in procs]
     assert results[0] == results[1] == results[2] and results[0]["rows"] == 40
     assert [p.name for p in shared.iterdir()] == [f"data-{results[0]['key']}"]  # no staging left behind
