@@ -211,6 +211,16 @@ class ClusterJobs:
     async def one(self, namespace: str, name: str) -> JobView | None:
         return await asyncio.to_thread(self._get, namespace, name)
 
+    async def create(self, manifest: dict[str, Any]) -> tuple[str, str]:
+        """Create the FineTuneJob (only with `--allow-create`); (namespace, name). ApiException as the API said."""
+        namespace = manifest.get("metadata", {}).get("namespace") or self.namespace or "default"
+        if self.namespace and namespace != self.namespace:
+            raise PermissionError(f"this dashboard serves namespace {self.namespace} only, not {namespace}")
+        created = await asyncio.to_thread(
+            self.custom.create_namespaced_custom_object, api.GROUP, api.VERSION, namespace, api.PLURAL, manifest
+        )
+        return namespace, created["metadata"]["name"]
+
     def _list(self) -> list[JobView]:
         if self.namespace:
             found = self.custom.list_namespaced_custom_object(api.GROUP, api.VERSION, self.namespace, api.PLURAL)

@@ -214,8 +214,9 @@ def _input(field: Field, value: str, index: int) -> str:
     return f'<input type="{kind}"{step} {attrs} value="{e(value)}">'
 
 
-def new_job_page(form: dict[str, str], text: str, problems: list[dict[str, str]]) -> Html:
-    """The form, each field with its problems beside it, and the YAML it makes."""
+def new_job_page(form: dict[str, str], text: str, problems: list[dict[str, str]], *, can_create: bool = False) -> Html:
+    """The form, each field with its problems beside it, and the YAML it makes; with `can_create`
+    (the dashboard runs with --allow-create) also a button that creates the job in the cluster."""
     by_field: dict[str, list[str]] = {}
     for problem in problems:
         by_field.setdefault(field_of(problem["path"]), []).append(f"{problem['path']}: {problem['message']}")
@@ -228,13 +229,18 @@ def new_job_page(form: dict[str, str], text: str, problems: list[dict[str, str]]
             f'<span class="error" data-for="{e(field.path)}">{e(errors)}</span></div>'
         )
     other = "; ".join(by_field.get("", []))
+    where = (
+        "Download the YAML for GitOps or <code>kubectl apply -f</code>, or create the job here."
+        if can_create
+        else "Nothing is sent to the cluster: download the YAML for GitOps or <code>kubectl apply -f</code>."
+    )
+    apply = ' <button type="submit" formaction="/new/apply" id="apply">Create in cluster</button>' if can_create else ""
     body = (
         "<h1>New fine-tuning job</h1><p class=meta>Checked as you type by the validation <code>kubetune validate"
-        "</code> runs. Nothing is sent to the cluster: download the YAML for GitOps or "
-        "<code>kubectl apply -f</code>.</p>"
+        f"</code> runs. {where}</p>"
         '<div class="newjob"><form id="new-job" method="post" action="/new.yaml">'
         f'{"".join(rows)}<span class="error" data-for="">{e(other)}</span>'
-        '<div><button type="submit">Download YAML</button> <button type="button" class="copy-yaml">copy</button>'
-        f'</div></form><pre id="yaml" class="spec">{e(text)}</pre></div>'
+        f'<div><button type="submit">Download YAML</button>{apply} <button type="button" class="copy-yaml">copy'
+        f'</button></div></form><pre id="yaml" class="spec">{e(text)}</pre></div>'
     )
     return layout("New job", body)

@@ -1,5 +1,7 @@
-"""The aiohttp application. Read-only: the Kubernetes calls are list and get, the outputs are read,
-and the new-job form's POSTs only validate and return YAML."""
+"""The aiohttp application. Read-only unless started with `--allow-create`: the Kubernetes calls are
+list and get, the outputs are read, and the new-job form's POSTs validate and return YAML. With
+`--allow-create` one more POST creates the FineTuneJob the form describes, as the dashboard's own
+ServiceAccount (the chart grants `create` only when `dashboard.allowCreate` is set)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ class JobSource(Protocol):
     async def one(self, namespace: str, name: str) -> JobView | None: ...
 
 
+class JobCreator(Protocol):
+    async def create(self, manifest: dict[str, Any]) -> tuple[str, str]: ...
+
+
 SOURCE = web.AppKey("source", JobSource)
+CREATOR = web.AppKey("creator", JobCreator)
 
 
 def _filtered(jobs: list[JobView], request: web.Request) -> tuple[list[JobView], str, str]:
@@ -56,9 +63,13 @@ def _form_defaults() -> dict[str, str]:
     return {f.path: f.default for f in newjob.FIELDS}
 
 
+def _can_create(request: web.Request) -> bool:
+    return CREATOR in request.app
+
+
 async def new_job_page(request: web.Request) -> web.Response:
     form = _form_defaults()
-    return _html(pages.new_job_page(form, *newjob.check(form)))
+    return _html(pages.new_job_page(form, *newjob.check(form), can_create=_can_create(request)))
 
 
 async def new_job_check(request: web.Request) -> web.Response:
@@ -73,13 +84,49 @@ async def new_job_yaml(request: web.Request) -> web.Response:
     form = {k: str(v) for k, v in (await request.post()).items()}
     text, problems = newjob.check(form)
     if problems:
-        return web.Response(text=pages.new_job_page(form, text, problems), content_type="text/html", status=422)
+        page = pages.new_job_page(form, text, problems, can_create=_can_create(request))
+        return web.Response(text=page, content_type="text/html", status=422)
     name = re.sub(r"[^a-z0-9.-]", "", form.get("metadata.name", "")) or "finetunejob"
     return web.Response(
         text=text,
         content_type="application/yaml",
         headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'},
     )
+
+
+async def new_job_apply(request: web.Request) -> web.Response:
+    """Create the job (only routed with --allow-create): the same checks as the YAML download first."""
+    from kubernetes.client.exceptions import ApiException
+
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.host:
+        # A page elsewhere posting to this one (a browser sends Origin with every POST): refused.
+        raise web.HTTPForbidden(text=f"cross-origin request from {origin} refused")
+    form = {k: str(v) for k, v in (await request.post()).items()}
+    text, problems = newjob.check(form)
+    if not problems:
+        try:
+            namespace, name = await request.app[CREATOR].create(newjob.manifest(form))
+        except ApiException as exc:
+            what = "the dashboard's ServiceAccount may not create FineTuneJobs there" if exc.status == 403 else ""
+            problems = [{"path": "", "message": f"the cluster refused it ({exc.status} {exc.reason}) {what}".strip()}]
+            problems.append({"path": "", "message": _api_message(exc)})
+        except PermissionError as exc:
+            problems = [{"path": "metadata.namespace", "message": str(exc)}]
+        else:
+            raise web.HTTPSeeOther(f"/jobs/{namespace}/{name}")
+    page = pages.new_job_page(form, text, problems, can_create=True)
+    return web.Response(text=page, content_type="text/html", status=422)
+
+
+def _api_message(exc: Any) -> str:
+    """The API server's own message (a Status body), else its raw text."""
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message", ""))
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.body or "")
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -95,7 +142,8 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
     return response
 
 
-def build_app(source: JobSource) -> web.Application:
+def build_app(source: JobSource, creator: JobCreator | None = None) -> web.Application:
+    """`creator`: where the new-job form may create jobs (`--allow-create`); None keeps it read-only."""
     app = web.Application(middlewares=[_headers])
     app[SOURCE] = source
     app.router.add_get("/", jobs_page)
@@ -105,6 +153,9 @@ def build_app(source: JobSource) -> web.Application:
     # POSTs that only validate: nothing reaches the cluster.
     app.router.add_post("/new/check", new_job_check)
     app.router.add_post("/new.yaml", new_job_yaml)
+    if creator is not None:
+        app[CREATOR] = creator
+        app.router.add_post("/new/apply", new_job_apply)
     app.router.add_get("/healthz", healthz)  # the chart's probes: the process serves, whatever the API does
     app.router.add_static("/static", STATIC)
     return app

@@ -67,4 +67,16 @@ def test_dashboard_deploys_read_only_with_its_own_service_account(render: Render
 
 def test_schema_rejects_unknown_dashboard_values(render: Render) -> None:
     with pytest.raises(AssertionError, match=r"additional properties|not allowed"):
-        render(set_values=["dashboard.enabled=true", "dashboard.allowCreate=true"])
+        render(set_values=["dashboard.enabled=true", "dashboard.allowDelete=true"])
+
+
+def test_allow_create_grants_create_and_passes_the_flag(render: Render) -> None:
+    parts = _dashboard(render(set_values=["dashboard.enabled=true", "dashboard.allowCreate=true"]))
+    grants = _grants(parts["ClusterRole"]["rules"])
+    assert grants == {**READ_ONLY, ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "create"}}
+    (container,) = parts["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert "--allow-create" in container["args"]
+    (default,) = _dashboard(render(set_values=["dashboard.enabled=true"]))["Deployment"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--allow-create" not in default["args"]
