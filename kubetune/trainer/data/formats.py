@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kubetune.api.v1alpha1 import ColumnMapping, DatasetSpec, TagMapping
+
+_Layout = TypeVar("_Layout")
 
 
 class RowError(ValueError):
@@ -133,25 +136,34 @@ class Conversation:
 MESSAGE_KEYS = ("conversations", "messages", "conversation", "chat", "dialog")
 
 
+def most_common_layout(
+    rows: list[dict[str, Any]], detect_one: Callable[[dict[str, Any]], _Layout | None]
+) -> _Layout | None:
+    """The layout most sample rows vote for (None when none is recognised): a few broken rows do not
+    change the verdict."""
+    votes = Counter(vote for row in rows if (vote := detect_one(row)) is not None)
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def keys_found(rows: list[dict[str, Any]]) -> str:
+    """The first keys of sample rows, for an error that says what the rows have instead."""
+    return ", ".join(sorted({k for row in rows for k in row})[:12]) or "none"
+
+
 def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
     """(format, mapping with the found messages key and tags, a one-line description) for sample rows.
 
     Each row votes; the most common layout wins, so a few broken rows do not change the verdict.
     """
-    votes: Counter[tuple[str, str | None, str | None]] = Counter()
-    for row in rows:
-        vote = _detect_one(row, mapping)
-        if vote is not None:
-            votes[vote] += 1
-    if not votes:
-        keys = sorted({k for row in rows for k in row})[:12]
+    layout = most_common_layout(rows, lambda row: _detect_one(row, mapping))
+    if layout is None:
         raise RowError(
             "cannot detect the format: no row has alpaca columns "
             f"({mapping.prompt}/{mapping.response}) or a list of turns "
-            f"({', '.join(MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. "
+            f"({', '.join(MESSAGE_KEYS)}); keys found: {keys_found(rows)}. "
             "Set format and columns for this dataset."
         )
-    (fmt, key, style), _ = votes.most_common(1)[0]
+    fmt, key, style = layout
     if fmt == "alpaca":
         return fmt, mapping, f"alpaca ({mapping.prompt}/{mapping.query}/{mapping.response})"
     assert key is not None

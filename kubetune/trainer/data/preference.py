@@ -16,7 +16,6 @@ answer as the prompt's assistant turn, end-of-turn token included.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,19 +53,14 @@ def is_pair(row: dict[str, Any], mapping: Mapping) -> bool:
 
 def detect_format(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
     """(format, mapping, description) of sample preference rows; the most common layout wins."""
-    votes: Counter[tuple[str, str | None, str]] = Counter()
-    for row in rows:
-        vote = _detect_one(row, mapping)
-        if vote is not None:
-            votes[vote] += 1
-    if not votes:
-        keys = sorted({k for row in rows for k in row})[:12]
+    layout = fm.most_common_layout(rows, lambda row: _detect_one(row, mapping))
+    if layout is None:
         raise RowError(
             f"spec.stage is dpo, which trains on preference pairs, but no row has '{mapping.chosen}' and "
             f"'{mapping.rejected}' beside a prompt ({mapping.prompt}, prompt, or a list of turns under "
-            f"{', '.join(fm.MESSAGE_KEYS)}); keys found: {', '.join(keys) or 'none'}. Set format and columns."
+            f"{', '.join(fm.MESSAGE_KEYS)}); keys found: {fm.keys_found(rows)}. Set format and columns."
         )
-    (fmt, key, style), _ = votes.most_common(1)[0]
+    fmt, key, style = layout
     answers = f"answers in '{mapping.chosen}'/'{mapping.rejected}'"
     if fmt == "alpaca":
         prompt = key or mapping.prompt
