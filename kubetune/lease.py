@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kubetune import storage
+from kubetune.storage.errors import bounded_retries
 
 LEASE_NAME = ".kubetune-lease"
 TTL_S = 60.0
@@ -146,18 +147,22 @@ class S3Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        current = self._read()
-        if current is not None and current.get("id") == self.id:
-            storage.delete_prefix(self.uri, self.opts)
+        with bounded_retries(self.ttl - self.renew):
+            current = self._read()
+            if current is not None and current.get("id") == self.id:
+                storage.delete_prefix(self.uri, self.opts)
 
     def _keep(self) -> None:
         while not self._stop.wait(self.renew):
             try:
-                current = self._read()
-                if current is None or current.get("id") != self.id:
-                    self.lost.set()
-                    return
-                self._write()
+                # A renewal that waits out the usual storage retry budget (minutes) would outlive
+                # the lease: give up in time for the next attempt, before the expiry.
+                with bounded_retries(self.ttl - self.renew):
+                    current = self._read()
+                    if current is None or current.get("id") != self.id:
+                        self.lost.set()
+                        return
+                    self._write()
             except storage.StorageError:
                 continue  # a short outage: the expiry leaves room for the next attempts
 

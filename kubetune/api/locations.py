@@ -7,7 +7,7 @@ pod always agree on what a spec means:
 
 - `s3://bucket[/key]`                         -> s3
 - `file://...`, `/...`, `./...`, `../...`, `~...`, `.`, `..` -> path
-- where hub ids are allowed: a bare name with a data-file suffix (`train.jsonl`, `data/train.jsonl`)
+- where hub ids are allowed: a bare name with a data-file suffix (`train.jsonl`, `data/wiki.txt`)
   -> path (no hub id ends so); any other `org/name` or `name` -> hub
 - where they are not (an output), a relative path must start with `./`
 - anything else (another scheme, a Windows path, spaces) is refused with a message saying why.
@@ -22,8 +22,10 @@ from urllib.parse import unquote
 
 LocationKind = Literal["s3", "path", "hub"]
 
-# Files the data reader understands; a hub-id-shaped name ending so is a relative path.
+# Files the data reader understands (plain text only for stage pt); a hub-id-shaped name ending in
+# any of them is a relative path.
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+TEXT_SUFFIX = ".txt"
 
 # The admission patterns (the CRD's `pattern`) say the same as `location_kind`, in regex form.
 BUCKET_RE = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
@@ -58,7 +60,7 @@ def location_kind(value: str, *, allow_hub: bool = True, what: str = "location")
     if v.startswith(_PATH_PREFIXES) or v in {".", ".."}:
         return "path"
     if allow_hub and _HUB_ID.match(v):
-        return "path" if v.lower().endswith(DATA_SUFFIXES) else "hub"
+        return "path" if v.lower().endswith((*DATA_SUFFIXES, TEXT_SUFFIX)) else "hub"
     if allow_hub:
         raise ValueError(f"'{v}' is neither a hub id (org/name), an s3:// URI, nor a path")
     raise ValueError(f"'{v}' is neither an s3:// URI nor a path (start local paths with / or ./)")

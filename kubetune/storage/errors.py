@@ -14,7 +14,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -58,8 +60,30 @@ class StorageError(RuntimeError):
         self.permanent = permanent
 
 
+# A tighter budget for the calls of one thread (see `bounded_retries`); None: the environment's.
+_BOUND: ContextVar[float | None] = ContextVar("kubetune_storage_retry_bound", default=None)
+
+
+@contextmanager
+def bounded_retries(seconds: float) -> Iterator[None]:
+    """Retry transient failures for at most `seconds` inside the block (and at most the usual budget):
+    for callers with a deadline of their own, such as a lease that must be renewed before it expires."""
+    token = _BOUND.set(seconds)
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
+
+
 def retry_seconds(env: Mapping[str, str] | None = None) -> float:
-    """How long transient failures of one operation are retried: `KUBETUNE_STORAGE_RETRY_S`, default 300."""
+    """How long transient failures of one operation are retried: `KUBETUNE_STORAGE_RETRY_S`, default 300
+    (or less inside `bounded_retries`)."""
+    bound = _BOUND.get()
+    budget = _env_retry_seconds(env)
+    return budget if bound is None else min(bound, budget)
+
+
+def _env_retry_seconds(env: Mapping[str, str] | None) -> float:
     value = (os.environ if env is None else env).get(RETRY_ENV, "").strip()
     if not value:
         return DEFAULT_RETRY_S

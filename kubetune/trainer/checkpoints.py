@@ -50,19 +50,32 @@ def scan(prefix: str, opts: StorageOptions) -> tuple[list[int], list[int]]:
     return complete, incomplete
 
 
-# Intervals only decide when to save, log or evaluate: changing them must not discard a run's progress.
-_NOT_IDENTITY = {"checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "logging_steps"}
+# Intervals only decide when to save, log or evaluate, and these settings how the run is carried out
+# (timeouts, worker processes, where metrics go): changing them must not discard a run's progress.
+_NOT_IDENTITY = {
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_every_steps",
+    "logging_steps",
+    "ddp_timeout_seconds",
+    "dataloader_workers",
+    "report_to",
+}
+_DATA_NOT_IDENTITY = {"preprocessing_workers"}
 
 
 def run_identity(spec: FineTuneJobSpec) -> str:
-    """A hash of what shapes training: model, datasets, data, template, method and training settings.
+    """A hash of what shapes training: stage (and preference loss), model, datasets, data, template,
+    method and training settings.
 
     Not the job's uid: `kubetune run --local` has none, and a FineTuneJob re-created with the same
     spec may legitimately continue its predecessor's checkpoints."""
     shaping = {
+        "stage": str(spec.stage),
+        "preference": spec.preference.model_dump(mode="json") if spec.preference is not None else None,
         "model": spec.model.model_dump(mode="json"),
         "datasets": [d.model_dump(mode="json") for d in spec.datasets],
-        "data": spec.data.model_dump(mode="json"),
+        "data": spec.data.model_dump(mode="json", exclude=_DATA_NOT_IDENTITY),
         "template": str(spec.template),
         "method": spec.method.model_dump(mode="json"),
         "training": spec.training.model_dump(mode="json", exclude=_NOT_IDENTITY),

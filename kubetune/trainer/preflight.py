@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from kubetune.trainer.config import RunConfig
 
 
-def check_storage(cfg: RunConfig) -> None:
-    """Raise a `StorageError` naming the spec field whose location cannot be used."""
+def check_output(cfg: RunConfig) -> None:
+    """The output exists and takes writes (asked first: a finished run is recognised by its manifest there)."""
     _check("spec.output.uri", lambda: check_writable(cfg.output.root, cfg.storage))
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """The S3 model and datasets can be listed and read."""
     if is_remote(cfg.spec.model.source):
         _check("spec.model.source", lambda: check_readable(cfg.spec.model.source, cfg.storage))
     for n, dataset in enumerate(cfg.spec.datasets):

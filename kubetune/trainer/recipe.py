@@ -33,7 +33,7 @@ from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
 from kubetune.trainer.launch import die_with_parent
 from kubetune.trainer.manifest import finished_manifest
-from kubetune.trainer.preflight import check_storage
+from kubetune.trainer.preflight import check_inputs, check_output
 from kubetune.trainer.progress import ProgressCallback, ProgressSink, progress_event
 
 log = logging.getLogger("kubetune.trainer")
@@ -61,14 +61,15 @@ def run(config_path: str) -> int:
     try:
         cfg = load_run_config(config_path)
         if cfg.dist.is_main:
-            # First, so that an unusable output or dataset is reported by the spec field that names it.
-            check_storage(cfg)
+            # Before reading the manifest, so that an unusable output is named by its spec field.
+            check_output(cfg)
         if finished_manifest(cfg.output.manifest, cfg.spec, cfg.storage) is not None:
             # Finished before (perhaps stopped after its manifest): training again would only delete
-            # and rewrite the same model.
+            # and rewrite the same model, and its inputs need not be there any more.
             log.info("already finished: %s records this spec's result; nothing to do", cfg.output.manifest)
             return 0
         if cfg.dist.is_main:
+            check_inputs(cfg)
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
         log.info("kubetune trainer: %s", json.dumps(cfg.summary()))

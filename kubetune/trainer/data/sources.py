@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune import storage
-from kubetune.api.locations import DATA_SUFFIXES
+from kubetune.api.locations import DATA_SUFFIXES, TEXT_SUFFIX  # .txt: data only for stage pt
 from kubetune.trainer.data.formats import RowError, loads, loads_at, too_deep
 
 log = logging.getLogger("kubetune.data")
@@ -48,10 +48,6 @@ class Row:
     file: str
     row: int
     value: dict[str, Any] | RowError
-
-
-# Plain text files are data only for stage pt (elsewhere a notes.txt beside the data is not data).
-TEXT_SUFFIX = ".txt"
 
 
 def list_data_files(

@@ -27,6 +27,7 @@ CASES = [
     ("tatsu-lab/alpaca", "hub", ValueError),
     ("data.jsonl", "path", ValueError),  # no hub id ends in a data-file suffix
     ("data/train.JSONL", "path", ValueError),
+    ("data/wiki_demo.txt", "path", ValueError),  # plain text, for stage pt
     ("C:\\data\\train.jsonl", ValueError, ValueError),  # a Windows path means nothing in a pod
     ("C:/data/train.jsonl", ValueError, ValueError),
     ("s3://B/upper-case-bucket", ValueError, ValueError),

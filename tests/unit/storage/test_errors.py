@@ -102,3 +102,13 @@ def test_the_crc32_checksum_is_added_only_where_sigv4_does_not_sign_the_body() -
     tls = StorageOptions(endpoint_url="https://s3.example.com").client()
     assert plain.meta.config.request_checksum_calculation == "when_required"
     assert tls.meta.config.request_checksum_calculation == "when_supported"
+
+
+def test_bounded_retries_tighten_the_budget_only_inside_the_block() -> None:
+    from kubetune.storage.errors import RETRY_ENV, bounded_retries, retry_seconds
+
+    env = {RETRY_ENV: "300"}
+    with bounded_retries(45):
+        assert retry_seconds(env) == 45
+        assert retry_seconds({RETRY_ENV: "10"}) == 10  # never longer than the usual budget
+    assert retry_seconds(env) == 300

@@ -157,3 +157,18 @@ def test_run_identity_ignores_intervals_but_not_what_shapes_training():
     assert run_identity(_spec(maxSteps=100, **intervals)) == base
     assert run_identity(_spec(maxSteps=200)) != base
     assert run_identity(_spec(maxSteps=100, learningRate=0.001)) != base
+    # How the run is carried out does not shape it either: a re-created job keeps its checkpoints.
+    how = {"ddpTimeoutSeconds": 60, "dataloaderWorkers": 2, "reportTo": ["tensorboard"]}
+    assert run_identity(_spec(maxSteps=100, **how)) == base
+
+
+def test_run_identity_covers_the_stage_and_the_preference_loss():
+    def spec(**changes):
+        s = _spec(maxSteps=100)
+        return s.model_copy(update=changes)
+
+    from kubetune.api.v1alpha1 import PreferenceSpec
+
+    sft, dpo = run_identity(spec()), run_identity(spec(stage="dpo", preference=PreferenceSpec()))
+    assert sft != dpo
+    assert run_identity(spec(stage="dpo", preference=PreferenceSpec(beta=0.5))) != dpo
