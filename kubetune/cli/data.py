@@ -53,6 +53,12 @@ def register(subparsers: Any) -> None:
         help="LLaMA-Factory column mapping, e.g. --column prompt=question --column messages=dialog",
     )
     check.add_argument(
+        "--only-mapped-columns",
+        action="store_true",
+        help="read system/history/tools/input only when --column names them, as LLaMA-Factory does "
+        "(datasets[].onlyMappedColumns; `kubetune import llamafactory` sets it)",
+    )
+    check.add_argument(
         "--tag",
         action="append",
         default=[],
@@ -118,14 +124,14 @@ def run_check(args: argparse.Namespace) -> int:
     from kubetune import storage
     from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
     from kubetune.trainer.data import DataValidationError, check_file
-    from kubetune.trainer.data.kinds import KINDS
+    from kubetune.trainer.data.kinds import KINDS, template_name
     from kubetune.trainer.templates import TemplateError, resolve_template
 
     opts = storage.StorageOptions(endpoint_url=args.endpoint_url, region=args.region)
     try:
         columns, tags = _mapping(args.column, ColumnMapping, "column"), _mapping(args.tag, TagMapping, "tag")
         tokenizer = _load_tokenizer(_argument_location(args.model), opts)
-        template = resolve_template(args.template, tokenizer)
+        template = resolve_template(template_name(args.template, KINDS[args.stage], tokenizer), tokenizer)
         report, preview = check_file(
             _argument_location(args.source),
             tokenizer,
@@ -139,6 +145,7 @@ def run_check(args: argparse.Namespace) -> int:
             storage=opts,
             num_proc=args.preprocessing_workers,
             kind=KINDS[args.stage],
+            only_mapped_columns=args.only_mapped_columns,
         )
     except (DataValidationError, TemplateError, storage.StorageError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

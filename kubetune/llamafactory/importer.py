@@ -29,9 +29,9 @@ REFUSED_COLUMNS = {
     "images": "multimodal data is not supported",
     "videos": "multimodal data is not supported",
     "audios": "multimodal data is not supported",
-    "chosen": "preference pairs are not supported (kubetune trains SFT only)",
-    "rejected": "preference pairs are not supported (kubetune trains SFT only)",
-    "kto_tag": "KTO data is not supported (kubetune trains SFT only)",
+    "chosen": "preference pairs are not imported yet (write a FineTuneJob with stage: dpo)",
+    "rejected": "preference pairs are not imported yet (write a FineTuneJob with stage: dpo)",
+    "kto_tag": "KTO data is not supported (kubetune does not train KTO yet)",
 }
 
 
@@ -147,7 +147,9 @@ def _dataset(
 ) -> dict[str, Any]:
     where = f"dataset '{name}'"
     if entry.get("ranking"):
-        raise Refused("dataset", f"{where}: ranking (preference pairs) is not supported: kubetune trains SFT only")
+        raise Refused(
+            "dataset", f"{where}: ranking (preference pairs) is not imported yet: write a FineTuneJob with stage: dpo"
+        )
     columns = entry.get("columns") or {}
     for column, why in REFUSED_COLUMNS.items():
         if column in columns:

@@ -100,8 +100,10 @@ def _refuse_if(bad: Callable[[Any], bool], message: str, name: str) -> Apply:
 
 
 def _stage(value: Any, draft: Draft) -> None:
+    if value in ("dpo", "pt"):
+        raise Refused("stage", f"'{value}' is not imported yet: the importer converts sft configs (docs/trainer.md)")
     if value != "sft":
-        raise Refused("stage", f"'{value}' is not supported: kubetune trains supervised fine-tuning (sft) only")
+        raise Refused("stage", f"'{value}' is not supported: kubetune trains sft, dpo and pt")
 
 
 def _do_train(value: Any, draft: Draft) -> None:

@@ -141,3 +141,11 @@ KINDS = {k.stage: k for k in (SFT, DPO, PT)}
 
 def kind_of(spec: Any) -> Kind:
     return KINDS[str(getattr(spec, "stage", "sft"))]
+
+
+def template_name(name: str, kind: Kind, tokenizer: Any) -> str:
+    """Pre-training renders no chat template: `auto` on a base model's tokenizer (it has none) is
+    `empty` there rather than an error."""
+    if kind is PT and name == "auto" and not getattr(tokenizer, "chat_template", None):
+        return "empty"
+    return name

@@ -27,7 +27,7 @@ from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
 from kubetune.trainer.data.formats import Mapping, RowError
-from kubetune.trainer.data.kinds import SFT, Kind, kind_of
+from kubetune.trainer.data.kinds import SFT, Kind, kind_of, template_name
 from kubetune.trainer.data.report import MAX_LISTED, DataReport, DatasetReport, RowProblem
 from kubetune.trainer.data.sources import (
     Row,
@@ -312,8 +312,8 @@ def prepare_data(
     """Tokenized train/eval datasets for a FineTuneJob spec, built once by rank 0 and loaded by everyone."""
     opts = storage if storage is not None else st.StorageOptions.from_spec(spec.storage)
     _require_fast(tokenizer)
-    template = resolve_template(spec.template, tokenizer)
     kind = kind_of(spec)
+    template = resolve_template(template_name(spec.template, kind, tokenizer), tokenizer)
     sources = [
         _fetch_source(d.source, d.split, d.format, Mapping.of(d), d.max_samples, opts, kind) for d in spec.datasets
     ]
@@ -556,13 +556,15 @@ def check_file(
     storage: st.StorageOptions | None = None,
     num_proc: int | None = None,
     kind: Kind = SFT,
+    only_mapped_columns: bool = False,
 ) -> tuple[DataReport, str]:
     """Every check `prepare_data` makes, on one file or prefix, without failing on invalid rows.
 
     Returns the report and a preview: the first valid example rendered, tokenized, with its label mask.
     """
     _require_fast(tokenizer)
-    src = _fetch_source(uri, "train", format, Mapping.from_spec(columns, tags), None, storage, kind)
+    mapping = Mapping.from_spec(columns, tags, only_mapped_columns)
+    src = _fetch_source(uri, "train", format, mapping, None, storage, kind)
     max_chars = max_row_characters(max_row_chars, cutoff_len)
     options = {"cutoffLen": cutoff_len, "trainOn": train_on, "maxRowCharacters": max_chars}
     report = DataReport(invalid_policy="check", options=options)

@@ -447,3 +447,18 @@ def test_only_mapped_columns_reaches_the_data_layer(
     ignored = prepare_data(spec, tokenizer, cache_dir=tmp_path / "c")
     assert all("SECRET SYSTEM" in text for text in decoded(tokenizer, read.train))
     assert not any("SECRET SYSTEM" in text for text in decoded(tokenizer, ignored.train))
+
+
+def test_data_check_reads_only_mapped_columns_when_asked(
+    tiny_model_dir: Path, write_jsonl: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a job imported from LLaMA-Factory (onlyMappedColumns) reads it: an unmapped tools column is not read."""
+    from kubetune.cli import main
+
+    rows = [{"instruction": "Q?", "output": "A.", "tools": '[{"name": "lookup"}]'}]
+    path = write_jsonl("tools.jsonl", rows)
+    command = ["data", "check", str(path), "--model", str(tiny_model_dir), "--template", "qwen", "--no-preview"]
+    main(command)
+    assert "rows read 1, invalid 1" in capsys.readouterr().out  # named templates refuse tool rows
+    assert main([*command, "--only-mapped-columns"]) == 0
+    assert "rows read 1, invalid 0" in capsys.readouterr().out

@@ -87,3 +87,15 @@ def test_a_prefix_reads_txt_files_for_stage_pt_only(
     prepared = prepare_data(_pt([{"source": f"{folder}/"}]), tokenizer, cache_dir=tmp_path / "cache")
     assert prepared.report.train_examples == 4
     assert [f["uri"] for f in prepared.report.datasets[0].files] == [f"{folder}/a.jsonl", f"{folder}/b.txt"]
+
+
+def test_stage_pt_needs_no_chat_template_on_a_base_tokenizer(
+    tokenizer: Any, write_jsonl: Callable[..., Path], tmp_path: Path
+) -> None:
+    import copy
+
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None  # a base model's tokenizer
+    path = write_jsonl("text.jsonl", [{"text": "The cat sat on the mat."}])
+    prepared = prepare_data(_pt([{"source": str(path)}]), base, cache_dir=tmp_path / "cache")  # template: auto
+    assert prepared.report.train_examples == 1

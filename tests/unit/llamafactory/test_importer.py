@@ -17,11 +17,11 @@ DATASET_INFO = LF / "data" / "dataset_info.json"
 EXAMPLES = sorted(p for d in ("train_lora", "train_qlora", "train_full") for p in (LF / "examples" / d).glob("*.yaml"))
 # What LLaMA-Factory's examples ask for that kubetune does not train, and the reason given.
 REFUSED = {
-    "qwen3_lora_dpo.yaml": "stage: 'dpo' is not supported",
+    "qwen3_lora_dpo.yaml": "stage: 'dpo' is not imported yet",
     "qwen3_lora_kto.yaml": "stage: 'kto' is not supported",
-    "qwen3_lora_pretrain.yaml": "stage: 'pt' is not supported",
+    "qwen3_lora_pretrain.yaml": "stage: 'pt' is not imported yet",
     "qwen3_lora_reward.yaml": "stage: 'rm' is not supported",
-    "qwen3vl_lora_dpo.yaml": "stage: 'dpo' is not supported",
+    "qwen3vl_lora_dpo.yaml": "stage: 'dpo' is not imported yet",
     "qwen3vl_lora_sft.yaml": "dataset: dataset 'mllm_demo': multimodal data is not supported: column 'images'",
     "qwen3vl_full_sft.yaml": "dataset: dataset 'mllm_demo': multimodal data is not supported: column 'images'",
 }
@@ -211,7 +211,7 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
         ("template: glm4\n", None, "template: 'glm4' is not a template kubetune has"),
         ("template: qwen3\nenable_thinking: false\n", None, "enable_thinking: false with the reasoning template"),
         ("use_galore: true\n", None, "use_galore: is not supported"),
-        ("", {"mine": {"file_name": "p.json", "ranking": True}}, "ranking (preference pairs) is not supported"),
+        ("", {"mine": {"file_name": "p.json", "ranking": True}}, "ranking (preference pairs) is not imported yet"),
         ("", {"mine": {"file_name": "k.json", "columns": {"kto_tag": "label"}}}, "KTO data is not supported"),
         ("", {"mine": {"file_name": "v.json", "columns": {"videos": "v"}}}, "multimodal data is not supported"),
         ("", {"mine": {"ms_hub_url": "x/y"}}, "needs file_name or hf_hub_url"),
