@@ -59,8 +59,9 @@ def scan(prefix: str, opts: StorageOptions) -> tuple[list[int], list[int]]:
     return complete, incomplete
 
 
-# Intervals only decide when to save, log or evaluate: changing them must not discard a run's progress.
-_NOT_IDENTITY = {"checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "logging_steps"}
+# Intervals only decide when to save, log or evaluate, and kernels how fast a step runs: changing them
+# must not discard a run's progress.
+_NOT_IDENTITY = {"checkpoint_every_steps", "keep_checkpoints", "eval_every_steps", "logging_steps", "kernels"}
 
 
 def run_identity(spec: FineTuneJobSpec) -> str:
