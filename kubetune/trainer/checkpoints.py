@@ -17,6 +17,7 @@ configuration under the same output are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -250,6 +251,9 @@ def _upload_dir(local: Path, uri: str, opts: StorageOptions) -> Any:
     return upload_dir(local, uri, opts)
 
 
+UPLOAD_NICENESS = 10
+
+
 class _Upload:
     """One checkpoint upload on a daemon thread: a preempted process past its grace period exits without it."""
 
@@ -262,6 +266,10 @@ class _Upload:
 
     def _run(self, work: Callable[[], Any]) -> None:
         try:
+            # Below training in the CPU scheduler (Linux: per thread, and the transfer threads started
+            # from here inherit it): the upload fills idle CPU rather than slowing the steps.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
             work()
         except BaseException as exc:  # re-raised on the training thread by wait()
             self._error = exc
