@@ -443,6 +443,35 @@ class MethodSpec(_Model):
         return self.quantization or QuantizationSpec()
 
 
+class Attention(str, Enum):
+    auto = "auto"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+    eager = "eager"
+
+
+class Liger(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class KernelsSpec(_Model):
+    """Attention and fused kernels. They change speed and memory, not what is learned (not part of the
+    run identity: a run may resume with other kernels)."""
+
+    attention: Attention = Field(
+        default=Attention.auto,
+        description="Attention implementation: auto (flash_attention_2 on a GPU where flash-attn is installed, "
+        "else sdpa), sdpa, flash_attention_2 (fails when flash-attn is not installed or there is no GPU) or eager.",
+    )
+    liger: Liger = Field(
+        default=Liger.auto,
+        description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy): auto (on "
+        "a GPU where liger-kernel is installed and supports the model family), on (fails otherwise) or off.",
+    )
+
+
 class DeepSpeedSpec(_Model):
     """DeepSpeed ZeRO, generated from stage and offload, or your own DeepSpeed JSON as `config`."""
 
@@ -548,6 +577,7 @@ class TrainingSpec(_Model):
     dataloader_workers: int = Field(
         default=0, ge=0, le=256, description="Data loader worker processes per training process (0: load in it)."
     )
+    kernels: KernelsSpec = Field(default_factory=KernelsSpec, description="Attention and fused kernels.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:

@@ -5,6 +5,11 @@ scheduler, RNG state per rank, trainer_state with the data position). After each
 uploads the files it wrote, and rank 0 writes `COMPLETE` last: a checkpoint without it is an upload
 that was cut off and is never resumed from.
 
+Uploads do not pause training: each runs on a thread from hard links of the saved files (the HF
+Trainer may delete the directory at its next save), with at most one in flight per node (the next
+save waits for it). `COMPLETE` is written at the first step boundary where every node's upload has
+finished. A preemption waits for the in-flight upload within the grace period before exiting.
+
 `COMPLETE` also holds the run identity (`run_identity`): a hash of the spec fields that shape
 training. Only checkpoints of the same identity are resumed from or pruned; those of another
 configuration under the same output are left alone.
@@ -12,12 +17,17 @@ configuration under the same output are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,13 +60,15 @@ def scan(prefix: str, opts: StorageOptions) -> tuple[list[int], list[int]]:
     return complete, incomplete
 
 
-# Intervals only decide when to save, log or evaluate, and these settings how the run is carried out
-# (timeouts, worker processes, where metrics go): changing them must not discard a run's progress.
+# Intervals only decide when to save, log or evaluate, kernels how fast a step runs, and the other
+# settings how the run is carried out (timeouts, worker processes, where metrics go): changing them
+# must not discard a run's progress.
 _NOT_IDENTITY = {
     "checkpoint_every_steps",
     "keep_checkpoints",
     "eval_every_steps",
     "logging_steps",
+    "kernels",
     "ddp_timeout_seconds",
     "dataloader_workers",
     "report_to",
@@ -177,11 +189,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+# torchrun escalates SIGTERM to SIGKILL after --shutdown-timeout (270 s of the pod's 300 s, see
+# render/pod.py trainer_command); waiting for an upload stops 30 s before that to exit cleanly.
+PREEMPTION_UPLOAD_WAIT_S = 240.0
+
+
 class Preemption:
     """SIGTERM sets a flag; training saves at the next step boundary and the process exits 143."""
 
-    def __init__(self) -> None:
+    def __init__(self, upload_wait_s: float = PREEMPTION_UPLOAD_WAIT_S) -> None:
         self.requested = False
+        self.upload_wait_s = upload_wait_s
+        self._since: float | None = None
         self._previous: Any = None
 
     def install(self) -> None:
@@ -194,17 +213,31 @@ class Preemption:
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint at the next step, then exiting")
         self.requested = True
+        self._since = time.monotonic()
+
+    def remaining_s(self) -> float:
+        """How long a preempted process may still wait for uploads (counted from the signal on the rank
+        that got it, from now on the others)."""
+        if self._since is None:
+            self._since = time.monotonic()
+        return max(0.0, self.upload_wait_s - (time.monotonic() - self._since))
 
     def any_rank(self, device: Any) -> bool:
         """True when any rank was signalled, so that all ranks stop at the same step."""
-        import torch
-        import torch.distributed as dist
+        return any_rank([self.requested], device)[0]
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
-        flag = torch.tensor([1 if self.requested else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+
+def any_rank(flags: list[bool], device: Any) -> list[bool]:
+    """Each flag OR-ed over all ranks, in one collective (every rank must call it at the same point)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    import torch
+
+    tensor = torch.tensor([1 if f else 0 for f in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
 
 
 class AlreadyTrained(Exception):
@@ -223,11 +256,78 @@ class StopWhenFinished(TrainerCallback):
         return control
 
 
+Uploader = Callable[[Path, str, "StorageOptions"], Any]
+
+
+def _upload_dir(local: Path, uri: str, opts: StorageOptions) -> Any:
+    from kubetune.storage import upload_dir
+
+    return upload_dir(local, uri, opts)
+
+
+UPLOAD_NICENESS = 10
+
+
+class _Upload:
+    """One checkpoint upload on a daemon thread: a preempted process past its grace period exits without it."""
+
+    def __init__(self, step: int, work: Callable[[], Any]) -> None:
+        self.step = step
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(work,), name=f"checkpoint-{step}-upload", daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            # Below training in the CPU scheduler (Linux: per thread, and the transfer threads started
+            # from here inherit it): the upload fills idle CPU rather than slowing the steps.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), UPLOAD_NICENESS)
+            work()
+        except BaseException as exc:  # re-raised on the training thread by wait()
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """False when still running after `timeout`; the upload's own error is raised here."""
+        if not self._done.wait(timeout):
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+def _snapshot(src: Path, dest: Path) -> Path:
+    """Hard links of a checkpoint's files (no copy), which outlive the HF Trainer deleting `src`."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:  # another file system or one without hard links
+            shutil.copy2(s, d)
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest, copy_function=link)
+    return dest
+
+
 class CheckpointSync(TrainerCallback):
-    """Upload each saved checkpoint, mark it complete, prune; stop and save on preemption."""
+    """Upload each saved checkpoint in the background, mark it complete, prune; stop and save on preemption."""
 
     def __init__(
-        self, prefix: str, keep: int, opts: StorageOptions, dist: Distributed, preemption: Preemption, run_id: str
+        self,
+        prefix: str,
+        keep: int,
+        opts: StorageOptions,
+        dist: Distributed,
+        preemption: Preemption,
+        run_id: str,
+        upload: Uploader = _upload_dir,
     ) -> None:
         self.prefix = prefix
         self.run_id = run_id
@@ -235,18 +335,29 @@ class CheckpointSync(TrainerCallback):
         self.opts = opts
         self.dist = dist
         self.preemption = preemption
+        self.upload = upload
+        self._in_flight: _Upload | None = None  # this node's upload
+        self._unmarked: int | None = None  # the step uploaded or uploading whose COMPLETE is not written
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.preemption.any_rank(args.device):
+        uploading = self._in_flight is not None and not self._in_flight.done()
+        preempted, any_uploading = any_rank([self.preemption.requested, uploading], args.device)
+        if preempted:
             self.preemption.requested = True
             control.should_save = True
             control.should_training_stop = True
+        if self._unmarked is not None and not any_uploading:
+            self._settle()  # every node's upload of it has finished (or failed: raised here)
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        from kubetune.storage import delete_prefix, upload_dir, write_bytes
+        from kubetune.storage import delete_prefix
 
         step = state.global_step
+        # One upload in flight: the previous one ends before the next starts.
+        if not self.wait_for_uploads(self._wait_limit()):
+            log.warning("checkpoint %d not uploaded: the grace period ran out", step)
+            return control
         local = Path(args.output_dir) / checkpoint_name(step)
         if self.dist.is_main:
             # A checkpoint of another configuration at this step is about to be overwritten: while
@@ -255,10 +366,48 @@ class CheckpointSync(TrainerCallback):
         barrier()  # every rank has written its files (RNG state, ZeRO shards)
         if self.dist.is_local_main and local.is_dir():
             # Each node uploads what it wrote; on a shared volume the same bytes land twice, harmlessly.
-            upload_dir(local, checkpoint_uri(self.prefix, step), self.opts)
-        barrier()
-        if self.dist.is_main:
+            snapshot = _snapshot(local, Path(args.output_dir) / ".uploading" / checkpoint_name(step))
+            uri = checkpoint_uri(self.prefix, step)
+
+            def work() -> None:
+                self.upload(snapshot, uri, self.opts)
+                shutil.rmtree(snapshot, ignore_errors=True)
+
+            self._in_flight = _Upload(step, work)
+        self._unmarked = step
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if not self.wait_for_uploads(self._wait_limit()):
+            log.warning(
+                "checkpoint %d was still uploading when the grace period ran out; "
+                "the restarted pod resumes from the complete one before it",
+                self._unmarked,
+            )
+        return control
+
+    def _wait_limit(self) -> float | None:
+        return self.preemption.remaining_s() if self.preemption.requested else None
+
+    def wait_for_uploads(self, timeout: float | None = None) -> bool:
+        """Wait for this node's upload, then (all ranks) mark it complete. False when `timeout` ran out first."""
+        if self._in_flight is not None:
+            if not self._in_flight.wait(timeout):
+                return False
+            self._in_flight = None
+        barrier()  # every node's upload has finished
+        if self._unmarked is not None:
+            self._settle()
+        return True
+
+    def _settle(self) -> None:
+        if self._in_flight is not None:
+            self._in_flight.wait()  # done already: raises its error, if any
+            self._in_flight = None
+        step, self._unmarked = self._unmarked, None
+        if self.dist.is_main and step is not None:
+            from kubetune.storage import write_bytes
+
             write_bytes(checkpoint_uri(self.prefix, step) + "/" + COMPLETE, marker_text(step, self.run_id), self.opts)
             pruned = prune(self.prefix, self.keep, self.opts, self.run_id)
             log.info("checkpoint %d uploaded%s", step, f", pruned {pruned}" if pruned else "")
-        return control

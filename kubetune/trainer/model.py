@@ -7,9 +7,12 @@ shard by shard, and every rank then loads from the same node-local files.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,7 @@ from kubetune.api.locations import local_path, location_kind
 from kubetune.trainer.failures import ExitCode, TrainerError
 
 if TYPE_CHECKING:
+    from kubetune.api.v1alpha1 import KernelsSpec
     from kubetune.trainer.config import RunConfig
 
 log = logging.getLogger("kubetune.trainer")
@@ -148,6 +152,8 @@ def load_model(model_dir: Path, cfg: RunConfig) -> Any:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         # Quantized weights cannot move after loading: put each rank's copy on its own device now.
         kwargs["device_map"] = {"": cfg.dist.local_rank} if cfg.device == "cuda" else {"": "cpu"}
+    kernels = resolve_kernels(cfg.spec.training.kernels, cfg.device, model_type(model_dir))
+    kwargs["attn_implementation"] = kernels.attention
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as exc:
@@ -157,9 +163,84 @@ def load_model(model_dir: Path, cfg: RunConfig) -> Any:
             "check that it is a causal LM saved with save_pretrained (safetensors), and "
             "spec.model.trustRemoteCode for custom architectures",
         ) from None
+    if kernels.liger:
+        apply_liger(model)
+    log.info("kernels: attention %s, liger %s", kernels.attention, "on" if kernels.liger else "off")
     if method == "full":
         return model
     return _wrap_lora(model, cfg)
+
+
+@dataclass(frozen=True)
+class Kernels:
+    attention: str  # transformers' attn_implementation
+    liger: bool
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def liger_families() -> frozenset[str]:
+    """The model types liger-kernel patches; empty when it is not installed."""
+    if not _installed("liger_kernel"):
+        return frozenset()
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    return frozenset(MODEL_TYPE_TO_APPLY_LIGER_FN)
+
+
+def model_type(model_dir: Path) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    return str(config.get("model_type", ""))
+
+
+def resolve_kernels(spec: KernelsSpec, device: str, family: str) -> Kernels:
+    """What spec.training.kernels means on this machine for this model family.
+
+    `auto` picks the fastest kernel that can run here; a kernel asked for by name that cannot run
+    fails with the field named, never falling back silently."""
+    from kubetune.api.v1alpha1 import Attention, Liger
+
+    gpu = device == "cuda"
+    attention = Attention(spec.attention).value
+    if attention == "auto":
+        attention = "flash_attention_2" if gpu and _installed("flash_attn") else "sdpa"
+    elif attention == "flash_attention_2":
+        missing = "flash-attn is not installed" if not _installed("flash_attn") else None if gpu else "there is no GPU"
+        if missing:
+            raise TrainerError(
+                ExitCode.CONFIG,
+                f"spec.training.kernels.attention: flash_attention_2 cannot run here ({missing})",
+                "use attention: auto or sdpa, or a GPU image with flash-attn installed",
+            )
+    liger = Liger(spec.liger).value
+    families = liger_families()
+    if liger == "on":
+        missing = (
+            "liger-kernel is not installed"
+            if not families
+            else "there is no GPU"
+            if not gpu
+            else f"liger-kernel does not support the model family {family!r}"
+            if family not in families
+            else None
+        )
+        if missing:
+            raise TrainerError(
+                ExitCode.CONFIG,
+                f"spec.training.kernels.liger: on cannot run here ({missing})",
+                "use liger: auto or off",
+            )
+    return Kernels(attention=attention, liger=liger == "on" or (liger == "auto" and gpu and family in families))
+
+
+def apply_liger(model: Any) -> None:
+    """Swap in Liger's fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) in place,
+    as the HF Trainer's use_liger_kernel does."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model)
 
 
 def lora_config(cfg: RunConfig) -> Any:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import yaml
 
@@ -83,6 +84,7 @@ def test_on_save_uploads_then_marks_complete_then_prunes(tmp_path):
         local.mkdir(parents=True)
         (local / "optimizer.pt").write_bytes(b"o" * step)
         sync.on_save(*_trainer_objects(tmp_path, step))
+    sync.on_train_end(*_trainer_objects(tmp_path, 30))  # the last upload ends before training returns
     assert scan(remote, None) == ([20, 30], [])
     assert (tmp_path / "remote" / "checkpoints" / "checkpoint-30" / "optimizer.pt").read_bytes() == b"o" * 30
 
@@ -172,3 +174,147 @@ def test_run_identity_covers_the_stage_and_the_preference_loss():
     sft, dpo = run_identity(spec()), run_identity(spec(stage="dpo", preference=PreferenceSpec()))
     assert sft != dpo
     assert run_identity(spec(stage="dpo", preference=PreferenceSpec(beta=0.5))) != dpo
+
+
+class GatedUpload:
+    """The real upload, held until the test opens the gate; records how many ran at once."""
+
+    def __init__(self):
+        import threading
+
+        self.gate = threading.Event()
+        self.started = []
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, local, uri, opts):
+        from kubetune.storage import upload_dir
+
+        with self._lock:
+            self.started.append(uri.rsplit("/", 1)[-1])
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.gate.wait()
+            return upload_dir(local, uri, opts)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def _saved(tmp_path, step):
+    local = tmp_path / "local" / f"checkpoint-{step}"
+    local.mkdir(parents=True)
+    (local / "optimizer.pt").write_bytes(b"o" * step)
+    return local
+
+
+def _sync(tmp_path, upload, preemption=None, keep=5):
+    from kubetune.trainer.checkpoints import CheckpointSync, Preemption
+    from kubetune.trainer.config import Distributed
+
+    remote = str(tmp_path / "remote" / "checkpoints")
+    sync = CheckpointSync(
+        remote,
+        keep=keep,
+        opts=None,
+        dist=Distributed(),
+        preemption=preemption or Preemption(),
+        run_id=RUN,
+        upload=upload,
+    )
+    return sync, remote
+
+
+def test_upload_runs_behind_training_and_complete_is_written_only_after_it(tmp_path):
+    upload = GatedUpload()
+    sync, remote = _sync(tmp_path, upload)
+    local = _saved(tmp_path, 10)
+    sync.on_save(*_trainer_objects(tmp_path, 10))  # returns with the upload held: training goes on
+    shutil.rmtree(local)  # the HF Trainer rotating its local checkpoints does not cut the upload
+    sync.on_step_end(*_trainer_objects(tmp_path, 11))
+    assert scan(remote, None) == ([], [])  # nothing uploaded yet, and no marker
+    upload.gate.set()
+    sync._in_flight.wait()
+    assert scan(remote, None) == ([], [10])  # uploaded, marker not yet: it waits for a step boundary
+    sync.on_step_end(*_trainer_objects(tmp_path, 12))
+    assert scan(remote, None) == ([10], [])
+    assert (tmp_path / "remote" / "checkpoints" / "checkpoint-10" / "optimizer.pt").read_bytes() == b"o" * 10
+    assert not (tmp_path / "local" / ".uploading" / "checkpoint-10").exists()  # the hard links are gone
+
+
+def test_at_most_one_upload_in_flight(tmp_path):
+    import threading
+
+    upload = GatedUpload()
+    sync, remote = _sync(tmp_path, upload)
+    _saved(tmp_path, 10)
+    _saved(tmp_path, 20)
+    sync.on_save(*_trainer_objects(tmp_path, 10))
+    second = threading.Thread(target=sync.on_save, args=_trainer_objects(tmp_path, 20))
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive()  # the next save waits for the upload in flight
+    assert upload.started == ["checkpoint-10"]
+    upload.gate.set()
+    second.join()
+    sync.on_train_end(*_trainer_objects(tmp_path, 20))
+    assert upload.started == ["checkpoint-10", "checkpoint-20"]
+    assert upload.most_at_once == 1
+    assert scan(remote, None) == ([10, 20], [])  # 10 was marked complete before 20 started
+
+
+def test_preemption_waits_for_the_upload_in_flight(tmp_path):
+    import threading
+
+    from kubetune.trainer.checkpoints import Preemption
+
+    upload = GatedUpload()
+    preemption = Preemption(upload_wait_s=60)
+    sync, remote = _sync(tmp_path, upload, preemption)
+    _saved(tmp_path, 10)
+    sync.on_save(*_trainer_objects(tmp_path, 10))
+    preemption.requested = True  # as SIGTERM sets it
+    threading.Timer(0.3, upload.gate.set).start()
+    sync.on_train_end(*_trainer_objects(tmp_path, 10))
+    assert upload.gate.is_set()
+    assert scan(remote, None) == ([10], [])  # uploaded and marked before the process exits
+
+
+def test_preemption_gives_up_on_an_upload_when_the_grace_period_runs_out(tmp_path, caplog):
+    import time
+
+    from kubetune.trainer.checkpoints import Preemption
+
+    upload = GatedUpload()
+    preemption = Preemption(upload_wait_s=0.3)
+    sync, remote = _sync(tmp_path, upload, preemption)
+    _saved(tmp_path, 10)
+    sync.on_save(*_trainer_objects(tmp_path, 10))
+    preemption.requested = True
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="kubetune.trainer"):
+        sync.on_train_end(*_trainer_objects(tmp_path, 10))
+    assert 0.25 < time.monotonic() - start < 5
+    assert "checkpoint 10 was still uploading when the grace period ran out" in caplog.text
+    upload.gate.set()
+    sync._in_flight.wait()
+    assert scan(remote, None) == ([], [10])  # never marked: resuming skips it
+
+
+def test_a_failed_background_upload_fails_training(tmp_path):
+    import pytest
+
+    from kubetune.storage import StorageError
+
+    def refused(local, uri, opts):
+        raise StorageError("access denied")
+
+    sync, remote = _sync(tmp_path, refused)
+    _saved(tmp_path, 10)
+    sync.on_save(*_trainer_objects(tmp_path, 10))
+    sync._in_flight._done.wait()
+    with pytest.raises(StorageError, match="access denied"):
+        sync.on_step_end(*_trainer_objects(tmp_path, 11))
+    assert scan(remote, None) == ([], [])
