@@ -15,7 +15,6 @@ import pytest
 
 from kubetune.dashboard.newjob import FIELDS
 from tests.integration.operator.harness import Cluster, wait_for
-from tests.integration.operator.k8s_emulator import RunningApiServer
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +54,6 @@ def _form(name: str, **changes: str) -> dict[str, str]:
     form = {f.path: f.default for f in FIELDS}
     form.update({"metadata.name": name, **changes})
     return form
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    server = RunningApiServer(tmp_path_factory.mktemp("k8s")).start()
-    try:
-        c = Cluster(server)
-        c.install_crds()
-        yield c
-    finally:
-        server.stop()
 
 
 def _start(cluster: Cluster, log: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -22,7 +22,6 @@ import pytest
 
 from kubetune.reporting import progress_event
 from tests.integration.operator.harness import FTJ, Cluster, job_manifest, wait_for
-from tests.integration.operator.k8s_emulator import RunningApiServer
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +63,6 @@ def _write_outputs(s3: Any, name: str, steps: int) -> None:
         "invalid": {"count": 1, "rows": [{"file": "s3://data/a.jsonl", "row": 7, "reason": f"empty output {EVIL}"}]},
     }
     client.put_object(Bucket=BUCKET, Key=f"{name}/data_report.json", Body=json.dumps(report).encode())
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    server = RunningApiServer(tmp_path_factory.mktemp("k8s")).start()
-    try:
-        c = Cluster(server)
-        c.install_crds()
-        yield c
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
