@@ -24,6 +24,7 @@ the children go with their owner through garbage collection.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -115,11 +116,26 @@ def create_children(namespace: str | None, name: str, retry: int, memo: kopf.Mem
     memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, retry)
 
 
+def without_finalizer(fn: Any) -> Any:
+    """Kopf puts a finalizer on every object a timer matches, so that the timer stops before the object
+    goes. Ours only read pods and patch status, where a 404 after a deletion is harmless; a finalizer
+    would make a Pending job undeletable while the operator is away (after `helm uninstall`, say).
+    Kopf has no public switch for this (kopf 1.45): the registered handler is replaced by a copy that
+    does not ask for one, and tests/unit/operator/test_handlers.py fails if that stops working."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if h.fn is fn else h for h in spawning._handlers
+    ]
+    return fn
+
+
+@without_finalizer
 @kopf.timer(*FTJ, interval=RETRY_INTERVAL, when=lambda status, **_: recreation_failed(status))
 def retry_recreation(namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
     memo.reconciler.ensure_children(namespace or DEFAULT_NS, name, kwargs.get("retry", 0), handler="recreate")
 
 
+@without_finalizer
 @kopf.timer(*FTJ, interval=WAITING_INTERVAL, when=lambda status, **_: waiting_to_run(status))
 def recheck_waiting(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.sync_status(namespace or DEFAULT_NS, name)
