@@ -50,6 +50,11 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _job_names(cluster: Cluster) -> list[str]:
+    found = cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")
+    return [j["metadata"]["name"] for j in found["items"]]
+
+
 def _form(name: str, **changes: str) -> dict[str, str]:
     form = {f.path: f.default for f in FIELDS}
     form.update({"metadata.name": name, **changes})
@@ -96,35 +101,17 @@ def test_an_invalid_form_creates_nothing_and_names_the_field(cluster: Cluster, c
     status, _, body = _post(creating + "/new/apply", _form("rank-zero", **{"spec.method.lora.rank": "0"}))
     assert status == 422
     assert "spec.method.lora.rank: must be &gt; 0 (got 0)" in body  # beside the field, escaped
-    names = [
-        j["metadata"]["name"]
-        for j in cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")[
-            "items"
-        ]
-    ]
-    assert "rank-zero" not in names
+    assert "rank-zero" not in _job_names(cluster)
 
 
 def test_a_post_from_another_site_is_refused(cluster: Cluster, creating: str) -> None:
     status, _, _ = _post(creating + "/new/apply", _form("cross-site"), origin="http://evil.example")
     assert status == 403
-    names = [
-        j["metadata"]["name"]
-        for j in cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")[
-            "items"
-        ]
-    ]
-    assert "cross-site" not in names
+    assert "cross-site" not in _job_names(cluster)
 
 
 def test_without_allow_create_nothing_can_be_created(cluster: Cluster, read_only: str) -> None:
     assert "/new/apply" not in _get(read_only + "/new")
     status, _, _ = _post(read_only + "/new/apply", _form("sneaky"), origin=read_only)
     assert status in (404, 405)
-    names = [
-        j["metadata"]["name"]
-        for j in cluster.custom.list_namespaced_custom_object("kubetune.io", "v1alpha1", "default", "finetunejobs")[
-            "items"
-        ]
-    ]
-    assert "sneaky" not in names
+    assert "sneaky" not in _job_names(cluster)
