@@ -36,8 +36,10 @@ def operator_factory(
 ) -> Iterator[Callable[..., OperatorProcess]]:
     made: list[OperatorProcess] = []
 
-    def make(scope: tuple[str, ...] = ("--namespace", "default")) -> OperatorProcess:
-        op = OperatorProcess(api_server, tmp_path_factory.mktemp("operator"), scope=scope)
+    def make(
+        scope: tuple[str, ...] = ("--namespace", "default"), extra_env: dict[str, str] | None = None
+    ) -> OperatorProcess:
+        op = OperatorProcess(api_server, tmp_path_factory.mktemp("operator"), extra_env=extra_env, scope=scope)
         made.append(op)
         return op
 

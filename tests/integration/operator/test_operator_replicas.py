@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import yaml
 
+from kubetune import api
 from kubetune.operator.handlers import PEERING_LIFETIME
 from tests.integration.deploy.deploy_helm import CHART, NAMESPACE, RELEASE, find_helm, run_helm
 from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for
@@ -44,8 +45,10 @@ def replicas(
     ]
     cluster.ext.create_custom_resource_definition(peering_crd)
     scope = ("--all-namespaces", "--peering", PEERING)
-    first = operator_factory(scope).start()
-    second = operator_factory(scope).start()
+    # DEBUG: Kopf says when a paused replica's watch streams have actually closed (see _settled).
+    debug = {"KUBETUNE_LOG_LEVEL": "DEBUG"}
+    first = operator_factory(scope, debug).start()
+    second = operator_factory(scope, debug).start()
     yield first, second
     for op in (first, second):
         print(op.log_tail())
@@ -62,12 +65,30 @@ def _created(op: OperatorProcess) -> float:
     return op.metric("kubetune_reconcile_total", handler="create")
 
 
+def _peering_state(op: OperatorProcess) -> str:
+    """Kopf's last word on this replica: it starts paused, logs "Resuming operations" when it finds
+    no live peer above it and "Pausing operations" when one appears; only after that does it close
+    its watch streams ("Pausing the watch-stream", DEBUG). Until then, an event already on its way
+    is still handled."""
+    words = ("Resuming operations", "Pausing operations", f"Pausing the watch-stream for {api.PLURAL}.")
+    said = [word for line in op.log_text().splitlines() for word in words if word in line]
+    return said[-1] if said else "not yet resumed"
+
+
+def _settled(replicas: tuple[OperatorProcess, OperatorProcess]) -> bool:
+    states = sorted(_peering_state(op) for op in replicas)
+    return states == sorted(["Resuming operations", f"Pausing the watch-stream for {api.PLURAL}."])
+
+
 def test_one_replica_acts_and_the_other_takes_over(
     cluster: Cluster, replicas: tuple[OperatorProcess, OperatorProcess]
 ) -> None:
-    # Kopf starts each replica paused until it has read the peering object; the lower priority
-    # stays paused while the higher one's record is fresh.
+    # Kopf starts each replica paused until it has read the peering object. Both records being in
+    # the API server is not enough: a replica that resumed alone acts until its watch brings the
+    # higher newcomer's record (harmless: creation is idempotent, the second create meets 409 and
+    # adopts), so wait until the replicas have settled.
     wait_for("both replicas' records", lambda: len(_peers(cluster)) == 2)
+    wait_for("one replica acting, the other's watches closed", lambda: _settled(replicas))
     cluster.create_job(job_manifest("ha-1", backend="pytorchjob"))
     wait_for("the PyTorchJob", lambda: cluster.pytorchjob("ha-1"))
     wait_for("a replica handling it", lambda: sum(_created(op) for op in replicas) >= 1)
