@@ -209,6 +209,23 @@ def test_trainer_requirements_pin_the_train_extra_and_base_deps() -> None:
         assert requirement.specifier.contains(TRAINER_PINS[name]), f"{name}=={TRAINER_PINS[name]} vs {requirement}"
 
 
+GPU_PINS = pins((REPO / "trainer_image" / "requirements-gpu.txt").read_text())
+
+
+def test_trainer_ships_liger_pinned_and_constrained_by_the_tested_stack() -> None:
+    # kernels.liger: auto (kubetune/trainer/model.py) turns Liger on where liger_kernel imports: the
+    # image must have it, at one version, installed so that it cannot move the tested torch.
+    assert set(GPU_PINS) == {"liger-kernel"}
+    assert not set(GPU_PINS) & set(TRAINER_PINS), "a GPU-only pin is also in requirements.txt"
+    build = stages(TRAINER)[0]
+    (run,) = [ins.args for ins in build if ins.keyword == "RUN" and "requirements-gpu.txt" in ins.args]
+    assert "--constraint /tmp/requirements.txt" in run
+    checked = [i for i, ins in enumerate(build) if ins.keyword == "RUN" and "pip check" in ins.args]
+    assert checked and build.index(next(ins for ins in build if ins.args == run)) < checked[-1], (
+        "install the GPU kernels before the final pip check"
+    )
+
+
 @pytest.mark.parametrize("name", sorted(TRAINER_PINS))
 def test_trainer_pins_are_the_versions_the_tests_run(name: str) -> None:
     assert TRAINER_PINS[name] == installed_version(name)
