@@ -2,14 +2,18 @@
 """Write tests/fixtures/llamafactory-0.9.5/golden_templates.json with LLaMA-Factory's own template code.
 
 For every named template of ours and a few conversations (plain, multi-turn, with a system prompt,
-with a <think> block), it records the (prompt, response) text pairs LLaMA-Factory's
-`Template.encode_multiturn` produces, the pairs whose response part carries loss. The unit tests
+with a <think> block; and with tools: a single call, a call with its result and the final answer,
+parallel calls, a system prompt with tools), it records the (prompt, response) text pairs
+LLaMA-Factory's `Template.encode_multiturn` produces, the pairs whose response part carries loss.
+For the first rows of LLaMA-Factory's glaive_toolcall_en_demo.json (the committed excerpt) it
+records a digest of those pairs per row under qwen, qwen3, chatml and llama3. The unit tests
 (tests/unit/llamafactory/test_lf_templates.py) compare our rendering against this file and do not
 need LLaMA-Factory.
 
 LLaMA-Factory is not installed for this: its data/template.py, formatter.py, tool_utils.py and
 data_utils.py are read from a git checkout or mirror at the given revision and run as they are, with
-two small stand-ins (its logger, and mm_plugin, which only multimodal rows use). The tokenizer is a
+two small stand-ins (its logger, and mm_plugin, which only multimodal rows use); llama3's tool
+prompt, which holds the day it runs, is given a fixed day (TOOL_DATE). The tokenizer is a
 stand-in too: it "encodes" a text piece as itself and bos/eos as "<s>"/"</s>", so joining the ids
 gives the text LLaMA-Factory tokenizes, piece by piece.
 
@@ -19,6 +23,8 @@ Usage: python scripts/llamafactory-golden-templates.py --lf-repo PATH/TO/LLaMA-F
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import subprocess
 import sys
@@ -27,7 +33,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = REPO / "tests" / "fixtures" / "llamafactory-0.9.5" / "golden_templates.json"
+FIXTURES = REPO / "tests" / "fixtures" / "llamafactory-0.9.5"
+TARGET = FIXTURES / "golden_templates.json"
+GLAIVE = FIXTURES / "data" / "glaive_toolcall_en_demo_head.json"
+GLAIVE_TEMPLATES = ("qwen", "qwen3", "chatml", "llama3")
+TOOL_DATE = datetime.datetime(2024, 7, 26)
 
 PLAIN = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]
 MULTI = [*PLAIN, {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "It's 6.\nDone."}]
@@ -39,6 +49,56 @@ CASES: dict[str, tuple[list[dict[str, str]], str]] = {
     "system": (MULTI, "Be brief."),
     "with a thought": (THOUGHT, "Be brief."),
 }
+
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Current weather in a city, °C.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "City name"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "array", "items": {"type": "integer"}, "description": "Days ahead"},
+            },
+            "required": ["city"],
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers",
+            "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}},
+        },
+    },
+]
+ASK = {"role": "user", "content": "Weather in Zürich?"}
+CALL = {"role": "function", "content": '{"name": "get_weather", "arguments": {"city": "Zürich", "days": [1, 2]}}'}
+RESULT = {"role": "observation", "content": '{"temp": 21}'}
+ANSWER = {"role": "assistant", "content": "21 °C."}
+PARALLEL = {
+    "role": "function",
+    "content": '[{"name": "get_weather", "arguments": {"city": "Bern"}}, '
+    '{"name": "add", "arguments": {"a": 1, "b": 2}}]',
+}
+# case -> (messages in LLaMA-Factory's roles: user, assistant, function, observation; system; tools JSON)
+TOOL_CASES: dict[str, tuple[list[dict[str, str]], str, str]] = {
+    "single call": ([ASK, CALL], "", json.dumps(TOOLS[:1], ensure_ascii=False)),
+    "call, result, answer": ([ASK, CALL, RESULT, ANSWER], "", json.dumps(TOOLS, ensure_ascii=False)),
+    "parallel calls": ([ASK, PARALLEL], "", json.dumps(TOOLS, ensure_ascii=False)),
+    "system and tools": (
+        [ASK, CALL, RESULT, ANSWER, PLAIN[0], PLAIN[1]],
+        "Be brief.",
+        json.dumps(TOOLS, ensure_ascii=False),
+    ),
+}
+# LLaMA-Factory's sharegpt roles, as its dataset_info defaults name them.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "function_call": "function", "observation": "observation"}
+
+
+def digest(pairs: list[list[str]]) -> str:
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 class PieceTokenizer:
@@ -78,6 +138,14 @@ def load_templates(lf_repo: str, rev: str) -> dict[str, Any]:
     )
     (root / "data" / "mm_plugin.py").write_text("def get_mm_plugin(*args, **kwargs):\n    return None\n")
     sys.path.insert(0, str(root.parent))
+    tool_utils = __import__("llamafactory.data.tool_utils", fromlist=["datetime"])
+
+    class FixedDay(datetime.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> FixedDay:
+            return cls.fromtimestamp(TOOL_DATE.timestamp())
+
+    tool_utils.datetime = FixedDay
     module = __import__("llamafactory.data.template", fromlist=["TEMPLATES"])
     templates: dict[str, Any] = module.TEMPLATES
     return templates
@@ -93,13 +161,31 @@ def main() -> int:
 
     templates = load_templates(args.lf_repo, args.rev)
     tokenizer = PieceTokenizer()
-    golden: dict[str, Any] = {"revision": args.rev, "cases": CASES, "templates": {}}
+    golden: dict[str, Any] = {
+        "revision": args.rev,
+        "cases": CASES,
+        "tool_date": TOOL_DATE.strftime("%d %b %Y"),
+        "tool_cases": TOOL_CASES,
+        "templates": {},
+        "glaive": {},
+    }
+
+    def encode(name: str, messages: list[dict[str, str]], system: str, tools: str | None) -> list[list[str]]:
+        pairs = templates[name].encode_multiturn(tokenizer, messages, system or None, tools)
+        return [["".join(prompt), "".join(response)] for prompt, response in pairs]
+
     for name in LAYOUTS:
-        per_case = {}
-        for case, (messages, system) in CASES.items():
-            pairs = templates[name].encode_multiturn(tokenizer, messages, system or None, None)
-            per_case[case] = [["".join(prompt), "".join(response)] for prompt, response in pairs]
+        per_case = {case: encode(name, messages, system, None) for case, (messages, system) in CASES.items()}
+        for case, (messages, system, tools) in TOOL_CASES.items():
+            per_case[case] = encode(name, messages, system, tools)
         golden["templates"][name] = per_case
+    rows = json.loads(GLAIVE.read_text(encoding="utf-8"))
+    for name in GLAIVE_TEMPLATES:
+        digests = []
+        for row in rows:
+            turns = [{"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]} for t in row["conversations"]]
+            digests.append(digest(encode(name, turns, "", row["tools"])))
+        golden["glaive"][name] = digests
     TARGET.write_text(json.dumps(golden, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {TARGET.relative_to(REPO)} ({len(golden['templates'])} templates)")
     return 0

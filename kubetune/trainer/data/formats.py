@@ -1,7 +1,10 @@
 """Row layouts (alpaca, sharegpt, openai) -> one canonical conversation, with every row checked.
 
 The canonical conversation is a list of {"role", "content"} messages with roles system (first only),
-user, assistant and tool, plus an optional tools JSON string. Every check raises `RowError` with a
+user, assistant, function (a tool-call turn: its content is LLaMA-Factory's function-call text, a
+JSON call or list of calls after an optional thought) and tool (a tool result, LLaMA-Factory's
+observation), plus an optional tools JSON string. `chat_messages` turns them into the messages chat
+templates read (a function turn becomes an assistant message with `tool_calls`). Every check raises `RowError` with a
 reason a user can act on; nothing is dropped silently. Keys and defaults follow LLaMA-Factory's
 `dataset_info.json` (`columns`, `tags`).
 """
@@ -9,6 +12,7 @@ reason a user can act on; nothing is dropped silently. Keys and defaults follow 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -352,14 +356,26 @@ def sharegpt(row: dict[str, Any], mapping: Mapping) -> Conversation:
         user_tag: "user",
         assistant_tag: "assistant",
         mapping.observation_tag: "tool",
-        mapping.function_tag: "assistant",
+        mapping.function_tag: "function",
         mapping.system_tag: "system",
     }
     return _conversation(row, mapping, key, role_tag, content_tag, roles, "turn")
 
 
+# How LLaMA-Factory's OpenAI reader joins consecutive tool results into one observation.
+TOOL_RESULTS_JOINER = "\n</tool_response>\n<tool_response>\n"
+
+
 def _conversation(
-    row: dict[str, Any], mapping: Mapping, key: str, role_tag: str, content_tag: str, roles: dict[str, str], word: str
+    row: dict[str, Any],
+    mapping: Mapping,
+    key: str,
+    role_tag: str,
+    content_tag: str,
+    roles: dict[str, str],
+    word: str,
+    *,
+    merge_tool_results: bool = False,
 ) -> Conversation:
     """The turns under `key`, after the system column's message; `word` names a turn in errors."""
     messages = _system_message(row, mapping)
@@ -367,6 +383,15 @@ def _conversation(
         role, content = _turn(turn, n, role_tag, content_tag, roles)
         if role == "system" and (n != 1 or messages):
             raise RowError(f"turn {n} is a system {word}; only the first {word} may be one")
+        if role == "function":
+            try:
+                function_calls(content)
+            except RowError as exc:
+                raise RowError(f"turn {n} ({turn[role_tag]}): {exc}") from None
+        if role == "tool" and merge_tool_results and messages and messages[-1]["role"] == "tool":
+            # LLaMA-Factory's OpenAI reader: the results of one turn's calls are one observation.
+            messages[-1]["content"] += TOOL_RESULTS_JOINER + content
+            continue
         messages.append({"role": role, "content": content})
     return Conversation(messages, tools_of(row, mapping))
 
@@ -381,16 +406,74 @@ def _turn(turn: Any, n: int, role_tag: str, content_tag: str, roles: dict[str, s
     if raw_role not in roles:
         expected = ", ".join(repr(r) for r in roles)
         raise RowError(f"turn {n} has role {raw_role!r}; expected one of {expected} (set tags to map it)")
-    content = turn[content_tag]
+    role, content = roles[raw_role], turn[content_tag]
+    if role in ("assistant", "function") and turn.get("tool_calls"):
+        # LLaMA-Factory's OpenAI reader: the calls' `function` objects are the turn, its text is dropped.
+        return "function", _openai_calls(turn["tool_calls"], n)
     if isinstance(content, list):  # openai content parts
         content = _join_parts(content, n)
-    if content is None and roles[raw_role] == "assistant" and turn.get("tool_calls"):
-        content = json.dumps(turn["tool_calls"], ensure_ascii=False)
     if not isinstance(content, str):
         raise RowError(f"turn {n} ({raw_role}) content must be a string, got {type_name(content)}")
-    if roles[raw_role] != "system" and not content.strip():
+    if role != "system" and not content.strip():
         raise RowError(f"turn {n} ({raw_role}) is empty")
-    return roles[raw_role], content
+    return role, content
+
+
+def _openai_calls(tool_calls: Any, n: int) -> str:
+    """The calls as LLaMA-Factory's function-turn JSON; a call without OpenAI's `function` wrapper is
+    taken as it is."""
+    if not isinstance(tool_calls, list) or not all(isinstance(call, dict) for call in tool_calls):
+        raise RowError(f"turn {n} 'tool_calls' must be a list of objects")
+    calls = [call["function"] if isinstance(call.get("function"), dict) else call for call in tool_calls]
+    text = json.dumps(calls, ensure_ascii=False)
+    try:
+        function_calls(text)
+    except RowError as exc:
+        raise RowError(f"turn {n} 'tool_calls': {exc}") from None
+    return text
+
+
+# LLaMA-Factory's default thought_words and tool_call_words (its FunctionFormatter's).
+_THOUGHT = re.compile(r"<think>\n(.*?)\n</think>\n\n", re.DOTALL)
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def function_calls(content: str) -> tuple[str, list[dict[str, Any]]]:
+    """(the text before the calls, the calls as {"name", "arguments"}) of a function turn, split as
+    LLaMA-Factory's FunctionFormatter splits it: a <tool_call> block holds the JSON and the rest is
+    kept before the calls, else a <think> block is taken out and the rest is the JSON. The JSON is
+    one call or a list of calls."""
+    call = _TOOL_CALL.search(content)
+    if call is not None:
+        before, text = content.replace(call.group(0), ""), call.group(1)
+    else:
+        thought = _THOUGHT.search(content)
+        before = thought.group(0) if thought else ""
+        text = content.replace(before, "") if thought else content
+    try:
+        parsed = loads(text)
+    except json.JSONDecodeError as exc:
+        raise RowError(f'a function call must be JSON ({{"name": ..., "arguments": ...}}): {exc}') from None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    for call_obj in calls:
+        if not (isinstance(call_obj, dict) and isinstance(call_obj.get("name"), str) and "arguments" in call_obj):
+            raise RowError('a function call must be an object with "name" and "arguments"')
+    return before, [{"name": c["name"], "arguments": c["arguments"]} for c in calls]
+
+
+def chat_messages(messages: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The canonical messages as chat templates read them: a function turn becomes an assistant
+    message whose `tool_calls` are OpenAI's ({"type": "function", "function": {"name", "arguments"}}),
+    its content the text before the calls (a thought, or empty)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message["role"] != "function":
+            out.append(message)
+            continue
+        before, calls = function_calls(message["content"])
+        tool_calls = [{"type": "function", "function": call} for call in calls]
+        out.append({"role": "assistant", "content": before, "tool_calls": tool_calls})
+    return out
 
 
 def _join_parts(parts: list[Any], n: int) -> str:
@@ -406,20 +489,18 @@ def openai(row: dict[str, Any], mapping: Mapping) -> Conversation:
     key = mapping.messages_key("openai")
     role_tag, content_tag, user_tag, assistant_tag = mapping.openai_tags()
     roles = {user_tag: "user", assistant_tag: "assistant", "tool": "tool", "function": "tool", "system": "system"}
-    return _conversation(row, mapping, key, role_tag, content_tag, roles, "message")
+    return _conversation(row, mapping, key, role_tag, content_tag, roles, "message", merge_tool_results=True)
 
 
-# Which roles may follow which (None = the start of the conversation, after the system message).
-_NEXT = {
-    None: {"user"},
-    "user": {"assistant"},
-    "assistant": {"user", "tool"},
-    "tool": {"assistant", "tool"},
-}
+# Which roles may follow which (None = the start of the conversation, after the system message):
+# LLaMA-Factory's rule, a prompt turn (user, tool result) then an answer turn (assistant, tool call).
+_PROMPT, _ANSWER = {"user", "tool"}, {"assistant", "function"}
+_NEXT = {None: {"user"}, "user": _ANSWER, "tool": _ANSWER, "assistant": _PROMPT, "function": _PROMPT}
 
 
 def check_order(messages: list[dict[str, str]]) -> None:
-    """Roles alternate user -> assistant (tool results follow an assistant turn); the last is the assistant."""
+    """Roles alternate prompt (user, tool result) -> answer (assistant, tool call), starting with the
+    user; the last turn is an answer."""
     prev: str | None = None
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     if not body:
@@ -430,7 +511,7 @@ def check_order(messages: list[dict[str, str]]) -> None:
             after = f"after a {prev} turn" if prev else "as the first turn"
             raise RowError(f"roles out of order: turn {n} is {role} {after}")
         prev = role
-    if not any(m["role"] == "assistant" for m in body):
+    if not any(m["role"] in _ANSWER for m in body):
         raise RowError("conversation has no assistant turn (nothing to learn)")
-    if prev != "assistant":
+    if prev not in _ANSWER:
         raise RowError(f"conversation ends with a {prev} turn; the last turn must be the assistant's")

@@ -89,7 +89,7 @@ SFT = Kind(
     encode=tk.encode_batch,
     token_columns=("input_ids", "labels"),
     packs=True,
-    messages=lambda conv: conv.messages,
+    messages=lambda conv: fm.chat_messages(conv.messages),  # as chat templates read them (tool calls)
     preview=lambda tok, template, conv, encoded, origin, train_on: tk.render_preview(
         tok, template, conv, encoded["labels"], origin, train_on
     ),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from kubetune.trainer.data.formats import Conversation
+from kubetune.trainer.data.formats import Conversation, chat_messages
 from kubetune.trainer.templates import ChatTemplate, render
 
 IGNORE = -100
@@ -32,12 +32,13 @@ class TemplateMismatch(ValueError):
 
 def assistant_spans(
     template: ChatTemplate,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     tools: list[Any] | None,
     special_tokens: dict[str, str],
     train_on: str,
 ) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans that carry loss."""
+    """The rendered conversation and the character spans that carry loss: the assistant messages',
+    tool calls included (LLaMA-Factory trains a function turn like an answer; a tool result is prompt)."""
     full = render(template, messages, special_tokens=special_tokens, tools=tools)
     if train_on == "all":
         return full, [(0, len(full))]
@@ -75,7 +76,8 @@ def encode_batch(
     errors: list[str] = []
     for messages, tools in zip(batch["messages"], batch["tools"], strict=True):
         try:
-            text, span = assistant_spans(template, messages, json.loads(tools) if tools else None, special, train_on)
+            chat = chat_messages(messages)
+            text, span = assistant_spans(template, chat, json.loads(tools) if tools else None, special, train_on)
             errors.append("")
         except Exception as exc:  # a template's raise_exception() or a mismatch: this row only
             text, span = "", []
@@ -156,7 +158,8 @@ def render_preview(
 ) -> str:
     """The example as text with the trained parts in [[ ]], then token by token with its label."""
     tools = json.loads(conv.tools) if conv.tools else None
-    text, _ = assistant_spans(template, conv.messages, tools, dict(tokenizer.special_tokens_map), train_on)
+    chat = chat_messages(conv.messages)
+    text, _ = assistant_spans(template, chat, tools, dict(tokenizer.special_tokens_map), train_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
     trained = [lab != IGNORE for lab in labels]

@@ -86,7 +86,8 @@ def test_sharegpt_default_tags_with_function_call_and_observation_and_tools() ->
         "tools": '[{"name": "add"}]',
     }
     conv = to_conversation(row, "sharegpt", Mapping())
-    assert [r for r, _ in roles(conv)] == ["system", "user", "assistant", "tool", "assistant"]
+    # A function call is its own kind of turn (trained like an answer, rendered per template).
+    assert [r for r, _ in roles(conv)] == ["system", "user", "function", "tool", "assistant"]
     assert conv.tools == '[{"name": "add"}]'
 
 
@@ -115,15 +116,20 @@ def test_openai_messages_with_tool_and_content_parts() -> None:
         "messages": [
             {"role": "system", "content": "S"},
             {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-            {"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+            },
             {"role": "tool", "content": "ok"},
             {"role": "assistant", "content": "Done"},
         ]
     }
+    # LLaMA-Factory's OpenAI reader: the calls' function objects, arguments as given (a JSON string here).
     assert roles(to_conversation(row, "openai", Mapping())) == [
         ("system", "S"),
         ("user", "Hi there"),
-        ("assistant", '[{"name": "f"}]'),
+        ("function", '[{"name": "f", "arguments": "{\\"x\\": 1}"}]'),
         ("tool", "ok"),
         ("assistant", "Done"),
     ]

@@ -42,8 +42,7 @@ def test_auto_without_a_chat_template_says_which_template_to_pick(base_tokenizer
 def test_named_templates_are_prefix_consistent_and_end_turns_with_a_stop_token(name: str, tokenizer: Any) -> None:
     template = resolve_template(name, tokenizer)
     special = tokenizer.special_tokens_map
-    # Tool turns are refused by named templates (tests/unit/llamafactory/test_lf_templates.py).
-    conversation = CONVERSATION[:4] + CONVERSATION[-1:]
+    conversation = CONVERSATION
     full = render(template, conversation, special_tokens=special)
     for i, msg in enumerate(conversation):
         if msg["role"] != "assistant":

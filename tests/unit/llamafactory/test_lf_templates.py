@@ -3,14 +3,18 @@ same token ids and labels.
 
 The reference is tests/fixtures/llamafactory-0.9.5/golden_templates.json, written by
 scripts/llamafactory-golden-templates.py with LLaMA-Factory's own template code (its
-`Template.encode_multiturn`, piece by piece): for each template and conversation, the (prompt,
-response) text pairs whose response carries loss. Rerun the script after adding a template.
+`Template.encode_multiturn`, piece by piece): for each template and conversation, plain or with
+tools, the (prompt, response) text pairs whose response carries loss; and a digest of those pairs
+for each row of an excerpt of LLaMA-Factory's glaive_toolcall_en_demo.json under qwen, qwen3,
+chatml and llama3. Rerun the script after adding a template.
 Our templates are jinja built from `kubetune.trainer.template_layouts`; these tests hold the two
 together, and need no LLaMA-Factory.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,19 +22,25 @@ from typing import Any
 import pytest
 
 from kubetune.api import v1alpha1 as api
+from kubetune.trainer.data import formats as fm
 from kubetune.trainer.data.tokenize import IGNORE, assistant_spans, encode_batch
+from kubetune.trainer.template_layouts import LAYOUTS
 from kubetune.trainer.templates import ChatTemplate, named_jinja, render, resolve_template
 
-GOLDEN = json.loads(
-    (Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory-0.9.5" / "golden_templates.json").read_text(
-        encoding="utf-8"
-    )
-)
-# What the golden file's bos and eos pieces are.
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "llamafactory-0.9.5"
+GOLDEN = json.loads((FIXTURES / "golden_templates.json").read_text(encoding="utf-8"))
+GLAIVE_ROWS = json.loads((FIXTURES / "data" / "glaive_toolcall_en_demo_head.json").read_text(encoding="utf-8"))
+# What the golden file's bos and eos pieces are; llama3's tool prompt holds the day, fixed there.
 BOS, EOS = "<s>", "</s>"
-SPECIAL = {"bos_token": BOS, "eos_token": EOS}
+SPECIAL = {"bos_token": BOS, "eos_token": EOS, "date_string": GOLDEN["tool_date"]}
 CASES: dict[str, tuple[list[dict[str, str]], str]] = {k: (m, s) for k, (m, s) in GOLDEN["cases"].items()}
 PLAIN = CASES["plain"][0]
+# LLaMA-Factory's roles -> ours.
+OUR_ROLE = {"user": "user", "assistant": "assistant", "function": "function", "observation": "tool"}
+TOOL_CASES: dict[str, tuple[list[dict[str, str]], str, str]] = {
+    case: ([{"role": OUR_ROLE[m["role"]], "content": m["content"]} for m in messages], system, tools)
+    for case, (messages, system, tools) in GOLDEN["tool_cases"].items()
+}
 
 
 def golden_pairs(name: str, case: str) -> list[tuple[str, str]]:
@@ -44,7 +54,16 @@ def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, s
 def test_the_golden_file_covers_every_named_template() -> None:
     assert GOLDEN["revision"] == "v0.9.5"
     assert set(GOLDEN["templates"]) == set(api.TEMPLATE_NAMES) - {"auto"}
-    assert all(set(cases) == set(CASES) for cases in GOLDEN["templates"].values())
+    assert all(set(cases) == set(CASES) | set(TOOL_CASES) for cases in GOLDEN["templates"].values())
+    assert set(TOOL_CASES) == {"single call", "call, result, answer", "parallel calls", "system and tools"}
+
+
+def expected_spans(pairs: list[tuple[str, str]]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for prompt, response in pairs:
+        spans.append((pos + len(prompt), pos + len(prompt) + len(response)))
+        pos += len(prompt) + len(response)
+    return spans
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -55,11 +74,90 @@ def test_named_template_trains_what_llamafactory_trains(name: str, case: str) ->
     template = ChatTemplate(name=name, jinja=named_jinja(name))
     text, spans = assistant_spans(template, with_system(messages, system), None, SPECIAL, "assistant")
     assert text == "".join(p + r for p, r in pairs)
-    expected, pos = [], 0
-    for prompt, response in pairs:
-        expected.append((pos + len(prompt), pos + len(prompt) + len(response)))
-        pos += len(prompt) + len(response)
-    assert spans == expected
+    assert spans == expected_spans(pairs)
+
+
+def tool_conversation(case: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """A tool case as our data layer carries it (checked by it), and as the templates read it."""
+    messages, system, tools = TOOL_CASES[case]
+    canonical = with_system(messages, system)
+    fm.check_order(canonical)
+    return fm.chat_messages(canonical), json.loads(tools)
+
+
+@pytest.mark.parametrize("case", sorted(TOOL_CASES))
+@pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
+def test_named_template_trains_tool_calls_as_llamafactory_does(name: str, case: str) -> None:
+    """LLaMA-Factory's tool prompt in the system slot, its call format trained like an answer, the tool
+    result as prompt in the template's observation slot."""
+    chat, tools = tool_conversation(case)
+    pairs = golden_pairs(name, case)
+    template = ChatTemplate(name=name, jinja=named_jinja(name))
+    text, spans = assistant_spans(template, chat, tools, SPECIAL, "assistant")
+    assert text == "".join(p + r for p, r in pairs)
+    assert spans == expected_spans(pairs)
+
+
+# LLaMA-Factory's own tool formats, spelled out for the first call of "call, result, answer".
+CALLS = {
+    "qwen": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich", "days": [1, 2]}}\n</tool_call>'
+    "<|im_end|>\n",
+    "llama3": '{"name": "get_weather", "parameters": {"city": "Zürich", "days": [1, 2]}}<|eot_id|>',
+    "chatml": 'Action: get_weather\nAction Input: {"city": "Zürich", "days": [1, 2]}<|im_end|>\n',
+    "mistral": '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Zürich", "days": [1, 2]}}]</s>',
+}
+RESULTS = {
+    "qwen": '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>\n<|im_start|>assistant\n',
+    "llama3": '<|start_header_id|>ipython<|end_header_id|>\n\n{"temp": 21}<|eot_id|>'
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "chatml": '<|im_start|>tool\n{"temp": 21}<|im_end|>\n<|im_start|>assistant\n',
+    "mistral": '[TOOL_RESULTS] {"content": {"temp": 21}}[/TOOL_RESULTS]',
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_tool_call_and_result_spelled_out(name: str) -> None:
+    (_, call), (result, _) = golden_pairs(name, "call, result, answer")
+    assert (call, result) == (CALLS[name], RESULTS[name])
+
+
+def test_qwen_tool_prompt_is_in_the_system_block() -> None:
+    prompt = golden_pairs("qwen", "system and tools")[0][0]
+    assert prompt.startswith("<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions")
+    assert '\n<tools>\n{"type": "function", "function": {"name": "get_weather"' in prompt
+
+
+def lf_empty_system(name: str, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What LLaMA-Factory adds for a `tools: "[]"` row and we deliberately do not (docs/data.md): an empty
+    system turn after the prefix, when the template has no default system prompt."""
+    layout = LAYOUTS[name]
+    if layout.default_system:
+        return pairs
+    prefix = layout.prefix.replace("{bos}", BOS)
+    empty = layout.system.replace("{content}", "").replace("{eos}", EOS)
+    (prompt, response), *rest = pairs
+    return [(prefix + empty + prompt[len(prefix) :], response), *rest]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN["glaive"]))
+def test_llamafactorys_glaive_tool_demo_renders_as_llamafactory_renders_it(name: str) -> None:
+    """Rows of LLaMA-Factory's glaive_toolcall_en_demo.json, read by our data layer with its
+    dataset_info.json entry (columns messages: conversations, tools: tools)."""
+    mapping = fm.Mapping.from_spec(api.ColumnMapping(messages="conversations", tools="tools"), only_mapped=True)
+    template = ChatTemplate(name=name, jinja=named_jinja(name))
+    digests = GOLDEN["glaive"][name]
+    assert len(digests) == len(GLAIVE_ROWS) == 50
+    for i, row in enumerate(GLAIVE_ROWS):
+        conv = fm.to_conversation(row, "sharegpt", mapping)
+        tools = json.loads(conv.tools) if conv.tools else None
+        text, spans = assistant_spans(template, fm.chat_messages(conv.messages), tools, SPECIAL, "assistant")
+        starts = [0, *(end for _, end in spans[:-1])]
+        pairs = [(text[start:a], text[a:b]) for start, (a, b) in zip(starts, spans, strict=True)]
+        assert spans[-1][1] == len(text)
+        if row["tools"] == "[]":
+            pairs = lf_empty_system(name, pairs)
+        encoded = json.dumps([list(p) for p in pairs], ensure_ascii=False).encode()
+        assert hashlib.sha256(encoded).hexdigest()[:16] == digests[i], f"row {i}"
 
 
 # A few spelled out in full, so the golden file is checked against LLaMA-Factory's source by eye too.
@@ -86,21 +184,6 @@ def test_an_empty_system_turn_falls_back_to_the_default_system_as_in_llamafactor
     assert with_empty == LITERAL["qwen"]
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
-def test_tool_calling_rows_are_refused_not_trained_differently(name: str) -> None:
-    template = ChatTemplate(name=name, jinja=named_jinja(name))
-    tool_turns = [
-        *PLAIN[:1],
-        {"role": "assistant", "content": '{"name": "add", "arguments": {"a": 2}}'},
-        {"role": "tool", "content": "4"},
-        {"role": "assistant", "content": "4"},
-    ]
-    with pytest.raises(Exception, match="template: auto"):
-        render(template, tool_turns, special_tokens=SPECIAL)
-    with pytest.raises(Exception, match="template: auto"):
-        render(template, PLAIN, special_tokens=SPECIAL, tools=[{"name": "add", "parameters": {}}])
-
-
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir: Path) -> Any:
     from transformers import AutoTokenizer
@@ -113,11 +196,14 @@ def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
     """LLaMA-Factory tokenizes each prompt and answer on its own; we tokenize the whole text once.
     The tiny tokenizer has no bos token (LLaMA-Factory then adds none) and ends with <|im_end|>."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
-    for case, (messages, system) in CASES.items():
+    # Training writes today into llama3's tool prompt, as LLaMA-Factory does.
+    today = datetime.datetime.now().strftime("%d %b %Y")
+    cases = {case: (messages, system, None) for case, (messages, system) in CASES.items()} | TOOL_CASES
+    for case, (messages, system, tools) in cases.items():
         ours = with_system(messages, system)
         template = resolve_template(name, tokenizer)
         out = encode_batch(
-            {"messages": [ours], "tools": [None]},
+            {"messages": [ours], "tools": [tools]},
             tokenizer=tokenizer,
             template=template,
             cutoff_len=4096,
@@ -125,10 +211,13 @@ def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
         )
         ids, labels = [], []
         for prompt, response in golden_pairs(name, case):
-            prompt, response = (t.replace(BOS, bos).replace(EOS, eos) for t in (prompt, response))
+            prompt, response = (
+                t.replace(BOS, bos).replace(EOS, eos).replace(GOLDEN["tool_date"], today) for t in (prompt, response)
+            )
             prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
             response_ids = tokenizer.encode(response, add_special_tokens=False)
             ids += prompt_ids + response_ids
             labels += [IGNORE] * len(prompt_ids) + response_ids
-        assert out["input_ids"][0] == ids
-        assert out["labels"][0] == labels
+        assert out["error"][0] == "", case
+        assert out["input_ids"][0] == ids, case
+        assert out["labels"][0] == labels, case
