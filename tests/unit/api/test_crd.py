@@ -187,6 +187,31 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
             {"datasets": [{"source": "x"}], "stage": "pt", "training": {"packing": False}},
             "stage pt always joins documents into cutoffLen blocks",
         ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "kto", "training": {"perDeviceBatchSize": 2, "packing": True}},
+            "stage kto trains on whole examples and cannot pack them",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "kto"},
+            "stage kto needs training.perDeviceBatchSize of at least 2",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "dpo", "preference": {"desirableWeight": 2.0}},
+            "preference.desirableWeight and undesirableWeight apply only to stage: kto",
+        ),
+        (
+            [],
+            {
+                "datasets": [{"source": "x"}],
+                "stage": "kto",
+                "training": {"perDeviceBatchSize": 2},
+                "preference": {"loss": "ipo"},
+            },
+            "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
+        ),
         (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
     ],

@@ -75,7 +75,7 @@ BAD = [
         "is not a Kubernetes quantity",
     ),
     ("bad-template", _with({"template": "llama-3"}), "spec.template", "did you mean 'llama3'?"),
-    ("bad-stage", _with({"stage": "rlhf"}), "spec.stage", "must be one of sft, dpo or pt"),
+    ("bad-stage", _with({"stage": "rlhf"}), "spec.stage", "must be one of sft, dpo, kto or pt"),
     (
         "preference-on-sft",
         _with({"preference": {"beta": 0.2}}),
@@ -93,6 +93,24 @@ BAD = [
         _with({"stage": "pt", "training": {"packing": False}}),
         "spec",
         "stage pt always joins documents into cutoffLen blocks",
+    ),
+    (
+        "kto-batch-1",
+        _with({"stage": "kto", "training": {"perDeviceBatchSize": 1}}),
+        "spec",
+        "stage kto needs training.perDeviceBatchSize of at least 2",
+    ),
+    (
+        "kto-weights-on-dpo",
+        _with({"stage": "dpo", "preference": {"undesirableWeight": 1.5}}),
+        "spec",
+        "preference.desirableWeight and undesirableWeight apply only to stage: kto",
+    ),
+    (
+        "dpo-loss-on-kto",
+        _with({"stage": "kto", "training": {"perDeviceBatchSize": 2}, "preference": {"sftWeight": 0.1}}),
+        "spec",
+        "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
     ),
     ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "orpo"}}), "spec.preference.loss", "must be one of"),
     ("beta-zero", _with({"stage": "dpo", "preference": {"beta": 0}}), "spec.preference.beta", "must be > 0"),
