@@ -253,11 +253,24 @@ class ModelSpec(_Model):
         default=False,
         description="Allow the model repository's own Python code to run. Off unless you trust the source.",
     )
+    reference: str | None = Field(
+        default=None,
+        description="stages dpo and kto: the reference model, a source like `source` (hub id at its default "
+        "revision, s3:// prefix or path) with the same vocabulary. Default: the base itself (with LoRA/QLoRA "
+        "the adapter-disabled base, no second copy; with full training a frozen copy of the starting weights).",
+        min_length=1,
+        json_schema_extra=_pattern(SOURCE_PATTERN),
+    )
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         return check_storage_uri(v, what="model source", allow_hub=True)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        return None if v is None else check_storage_uri(v, what="reference model", allow_hub=True)
 
 
 class ColumnMapping(_Model):
@@ -1024,6 +1037,10 @@ class FineTuneJobSpec(_Model):
                 "preference applies only to stage: dpo or kto",
             ),
             (
+                "!has(self.model.reference) || (has(self.stage) && (self.stage == 'dpo' || self.stage == 'kto'))",
+                "model.reference applies only to stage: dpo or kto",
+            ),
+            (
                 "!(has(self.preference) && (has(self.preference.desirableWeight)"
                 " || has(self.preference.undesirableWeight)) && !(has(self.stage) && self.stage == 'kto'))",
                 "preference.desirableWeight and undesirableWeight apply only to stage: kto",
@@ -1150,6 +1167,8 @@ class FineTuneJobSpec(_Model):
     def _check_preference(self) -> None:
         """The CEL rules on preference and the preference stages, for `kubetune validate` and the operator."""
         pref, stage = self.preference, self.stage
+        if self.model.reference is not None and stage not in (Stage.dpo.value, Stage.kto.value):
+            raise ValueError(f"model.reference applies only to stage: dpo or kto (stage is {stage})")
         if pref is not None and stage not in (Stage.dpo.value, Stage.kto.value):
             raise ValueError(f"preference applies only to stage: dpo or kto (stage is {stage})")
         if (

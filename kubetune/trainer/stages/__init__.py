@@ -11,10 +11,14 @@ import importlib
 from typing import Any
 
 
-def make_trainer(cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any]) -> Any:
-    """The TRL trainer for `cfg.spec.stage`, over the prepared (tokenized) data."""
+def make_trainer(
+    cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any], ref_model: Any = None
+) -> Any:
+    """The TRL trainer for `cfg.spec.stage`, over the prepared (tokenized) data; `ref_model` is
+    spec.model.reference loaded (stages dpo and kto only, None: the base is the reference)."""
     module = importlib.import_module(f"{__name__}.{cfg.spec.stage}")
-    return module.make_trainer(cfg, model, args, tokenizer, prepared, callbacks)
+    extra = {"ref_model": ref_model} if ref_model is not None else {}
+    return module.make_trainer(cfg, model, args, tokenizer, prepared, callbacks, **extra)
 
 
 def non_empty(dataset: Any) -> Any:

@@ -1,7 +1,8 @@
 """stage dpo: preferring the chosen answer over the rejected one, with TRL's DPOTrainer.
 
-The reference model is the base: with LoRA/QLoRA the adapter-disabled model (no second copy of
-the weights); with full training TRL keeps a frozen copy of the starting weights. The data comes
+The reference model is spec.model.reference when set (loaded by kubetune.trainer.model), else the
+base: with LoRA/QLoRA the adapter-disabled model (no second copy of the weights); with full training
+TRL keeps a frozen copy of the starting weights. The data comes
 tokenized by our pipeline (prompt_ids / chosen_ids / rejected_ids, rendered with the job's
 template and cut to cutoffLen), so TRL's own dataset preparation is skipped.
 """
@@ -33,7 +34,9 @@ def dpo_arguments(args: Any, preference: PreferenceSpec) -> Any:
     )
 
 
-def make_trainer(cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any]) -> Any:
+def make_trainer(
+    cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any], ref_model: Any = None
+) -> Any:
     from trl import DPOTrainer
 
     class PreTokenized(DPOTrainer):
@@ -43,7 +46,7 @@ def make_trainer(cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any,
     return drop_reference_adapter(
         PreTokenized(
             model=model,
-            ref_model=None,
+            ref_model=ref_model,
             args=dpo_arguments(args, cfg.spec.preference or PreferenceSpec()),
             train_dataset=prepared.train,
             eval_dataset=non_empty(prepared.eval),

@@ -38,7 +38,9 @@ def with_kl_completions(dataset: Any, batch_size: int) -> Any:
     return dataset.map(rotate, batched=True, batch_size=batch_size)
 
 
-def make_trainer(cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any]) -> Any:
+def make_trainer(
+    cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any, callbacks: list[Any], ref_model: Any = None
+) -> Any:
     from trl import KTOTrainer
 
     class PreTokenized(KTOTrainer):
@@ -49,7 +51,7 @@ def make_trainer(cfg: Any, model: Any, args: Any, tokenizer: Any, prepared: Any,
     return drop_reference_adapter(
         PreTokenized(
             model=model,
-            ref_model=None,
+            ref_model=ref_model,
             args=kto_arguments(args, cfg.spec.preference or PreferenceSpec()),
             train_dataset=prepared.train,
             eval_dataset=non_empty(prepared.eval),

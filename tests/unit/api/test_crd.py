@@ -212,6 +212,11 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
             },
             "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
         ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "model": {"source": "x", "reference": "Qwen/Qwen2.5-0.5B"}},
+            "model.reference applies only to stage: dpo or kto",
+        ),
         (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
     ],

@@ -112,6 +112,18 @@ BAD = [
         "spec",
         "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
     ),
+    (
+        "reference-on-sft",
+        _with({"model": {"source": "Qwen/Qwen2.5-0.5B", "reference": "Qwen/Qwen2.5-0.5B-Instruct"}}),
+        "spec",
+        "model.reference applies only to stage: dpo or kto",
+    ),
+    (
+        "bad-reference",
+        _with({"stage": "dpo", "model": {"source": "Qwen/Qwen2.5-0.5B", "reference": "gs://bucket/ref/"}}),
+        "spec.model.reference",
+        "unsupported URI scheme 'gs://'",
+    ),
     ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "orpo"}}), "spec.preference.loss", "must be one of"),
     ("beta-zero", _with({"stage": "dpo", "preference": {"beta": 0}}), "spec.preference.beta", "must be > 0"),
     (
