@@ -91,6 +91,19 @@ def test_crd_has_status_subresource_printer_columns_and_short_name() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
 
+def test_wide_printer_columns_show_the_stage_and_reward_margin_from_fields_the_schema_has() -> None:
+    version = build_crd()["spec"]["versions"][0]
+    wide = {c["name"]: c for c in version["additionalPrinterColumns"] if c.get("priority") == 1}
+    assert wide["Margin"]["jsonPath"] == ".status.progress.rewardMargin" and wide["Margin"]["type"] == "number"
+    assert wide["Stage"]["jsonPath"] == ".spec.stage"
+    for column in version["additionalPrinterColumns"]:
+        node = version["schema"]["openAPIV3Schema"]
+        if column["jsonPath"].startswith(".metadata"):
+            continue
+        for part in column["jsonPath"].strip(".").split("."):
+            node = node["properties"][part]  # a KeyError names a column whose field does not exist
+
+
 def test_cel_rules_are_attached_where_fields_interact() -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     method_rules = [r["rule"] for r in spec["properties"]["method"]["x-kubernetes-validations"]]
