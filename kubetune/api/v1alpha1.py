@@ -197,6 +197,7 @@ class TrainOn(str, Enum):
 class Stage(str, Enum):
     sft = "sft"
     dpo = "dpo"
+    kto = "kto"
     pt = "pt"
 
 
@@ -252,11 +253,24 @@ class ModelSpec(_Model):
         default=False,
         description="Allow the model repository's own Python code to run. Off unless you trust the source.",
     )
+    reference: str | None = Field(
+        default=None,
+        description="stages dpo and kto: the reference model, a source like `source` (hub id at its default "
+        "revision, s3:// prefix or path) with the same vocabulary. Default: the base itself (with LoRA/QLoRA "
+        "the adapter-disabled base, no second copy; with full training a frozen copy of the starting weights).",
+        min_length=1,
+        json_schema_extra=_pattern(SOURCE_PATTERN),
+    )
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
         return check_storage_uri(v, what="model source", allow_hub=True)
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str | None) -> str | None:
+        return None if v is None else check_storage_uri(v, what="reference model", allow_hub=True)
 
 
 class ColumnMapping(_Model):
@@ -278,6 +292,11 @@ class ColumnMapping(_Model):
         default=None, description="stage dpo: the preferred answer (default chosen; LLaMA-Factory ranking: true)."
     )
     rejected: str | None = Field(default=None, description="stage dpo: the dispreferred answer (default rejected).")
+    kto_tag: str | None = Field(
+        default=None,
+        description="stage kto: the true/false column marking each answer desirable or not (default kto_tag, "
+        "else a boolean label column; LLaMA-Factory columns.kto_tag).",
+    )
 
 
 class TagMapping(_Model):
@@ -593,7 +612,10 @@ class TrainingSpec(_Model):
 
 
 class PreferenceSpec(_Model):
-    """Preference optimisation settings (stage: dpo), passed to TRL's DPOTrainer."""
+    """Preference optimisation settings (stage dpo: TRL's DPOTrainer; stage kto: TRL's KTOTrainer).
+
+    beta applies to both; loss, labelSmoothing and sftWeight to dpo; desirableWeight and
+    undesirableWeight to kto (FineTuneJobSpec refuses a setting of the other stage)."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -628,6 +650,21 @@ class PreferenceSpec(_Model):
         le=10,
         description="Weight of an added SFT loss on the chosen answers (LLaMA-Factory pref_ftx; TRL's sft loss "
         "beside the preference loss). 0 = none.",
+    )
+    desirable_weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="stage kto: weight of the loss on desirable answers (TRL desirable_weight, LLaMA-Factory "
+        "kto_chosen_weight). With fewer desirable than undesirable rows, TRL advises desirable x n_desirable "
+        "over undesirable x n_undesirable between 1 and 4/3.",
+    )
+    undesirable_weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=10,
+        description="stage kto: weight of the loss on undesirable answers (TRL undesirable_weight, LLaMA-Factory "
+        "kto_rejected_weight).",
     )
 
     @model_validator(mode="after")
@@ -996,13 +1033,38 @@ class FineTuneJobSpec(_Model):
                 "training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0",
             ),
             (
-                "!has(self.preference) || (has(self.stage) && self.stage == 'dpo')",
-                "preference applies only to stage: dpo",
+                "!has(self.preference) || (has(self.stage) && (self.stage == 'dpo' || self.stage == 'kto'))",
+                "preference applies only to stage: dpo or kto",
+            ),
+            (
+                "!has(self.model.reference) || (has(self.stage) && (self.stage == 'dpo' || self.stage == 'kto'))",
+                "model.reference applies only to stage: dpo or kto",
+            ),
+            (
+                "!(has(self.preference) && (has(self.preference.desirableWeight)"
+                " || has(self.preference.undesirableWeight)) && !(has(self.stage) && self.stage == 'kto'))",
+                "preference.desirableWeight and undesirableWeight apply only to stage: kto",
+            ),
+            (
+                "!(has(self.stage) && self.stage == 'kto' && has(self.preference) && (has(self.preference.loss)"
+                " || has(self.preference.labelSmoothing) || has(self.preference.sftWeight)))",
+                "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
             ),
             (
                 "!(has(self.stage) && self.stage == 'dpo' && has(self.training) && has(self.training.packing)"
                 " && self.training.packing)",
                 "stage dpo trains on whole pairs and cannot pack them; remove training.packing",
+            ),
+            (
+                "!(has(self.stage) && self.stage == 'kto' && has(self.training) && has(self.training.packing)"
+                " && self.training.packing)",
+                "stage kto trains on whole examples and cannot pack them; remove training.packing",
+            ),
+            (
+                "!(has(self.stage) && self.stage == 'kto' && (!has(self.training)"
+                " || !has(self.training.perDeviceBatchSize) || self.training.perDeviceBatchSize < 2))",
+                "stage kto needs training.perDeviceBatchSize of at least 2 (TRL estimates KTO's KL term by pairing "
+                "each prompt with another answer of its batch)",
             ),
             (
                 "!(has(self.stage) && self.stage == 'pt' && has(self.training) && has(self.training.packing))",
@@ -1024,10 +1086,13 @@ class FineTuneJobSpec(_Model):
     stage: Stage = Field(
         default=Stage.sft,
         description="What is learnt: sft (answers to prompts), dpo (preferring chosen over rejected answers, "
-        "with the frozen base as reference) or pt (continued pre-training on plain text).",
+        "with the frozen base as reference), kto (single answers tagged desirable or not, against the same "
+        "reference) or pt (continued pre-training on plain text).",
     )
     preference: PreferenceSpec | None = Field(
-        default=None, description="stage dpo: the preference loss and its settings (defaults: sigmoid, beta 0.1)."
+        default=None,
+        description="stages dpo and kto: the preference loss and its settings (defaults: sigmoid, beta 0.1, "
+        "KTO weights 1).",
     )
     datasets: list[DatasetSpec] = Field(min_length=1, max_length=64, description="One or more datasets, mixed.")
     data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
@@ -1086,10 +1151,7 @@ class FineTuneJobSpec(_Model):
             raise ValueError("method.type qlora cannot shard a quantized base with deepspeed zero3; use zero2 or none")
         if self.resources.gpus_per_node == 0 and self.training.precision == Precision.fp16.value:
             raise ValueError("training.precision fp16 needs GPUs; use fp32 or bf16 with gpusPerNode: 0")
-        if self.preference is not None and self.stage != Stage.dpo.value:
-            raise ValueError(f"preference applies only to stage: dpo (stage is {self.stage})")
-        if self.stage == Stage.dpo.value and self.training.packing:
-            raise ValueError("stage dpo trains on whole pairs and cannot pack them; remove training.packing")
+        self._check_preference()
         if self.stage == Stage.pt.value and "packing" in self.training.model_fields_set:
             raise ValueError("stage pt always joins documents into cutoffLen blocks; remove training.packing")
         if not any(d.split == DatasetSplit.train.value for d in self.datasets):
@@ -1101,6 +1163,34 @@ class FineTuneJobSpec(_Model):
         if len(set(paths)) != len(paths):
             raise ValueError("volumes: mountPath must be unique (the API server refuses such pods)")
         return self
+
+    def _check_preference(self) -> None:
+        """The CEL rules on preference and the preference stages, for `kubetune validate` and the operator."""
+        pref, stage = self.preference, self.stage
+        if self.model.reference is not None and stage not in (Stage.dpo.value, Stage.kto.value):
+            raise ValueError(f"model.reference applies only to stage: dpo or kto (stage is {stage})")
+        if pref is not None and stage not in (Stage.dpo.value, Stage.kto.value):
+            raise ValueError(f"preference applies only to stage: dpo or kto (stage is {stage})")
+        if (
+            pref is not None
+            and stage != Stage.kto.value
+            and {"desirable_weight", "undesirable_weight"} & pref.model_fields_set
+        ):
+            raise ValueError("preference.desirableWeight and undesirableWeight apply only to stage: kto")
+        if (
+            pref is not None
+            and stage == Stage.kto.value
+            and {"loss", "label_smoothing", "sft_weight"} & pref.model_fields_set
+        ):
+            raise ValueError("preference.loss, labelSmoothing and sftWeight apply only to stage: dpo")
+        if stage in (Stage.dpo.value, Stage.kto.value) and self.training.packing:
+            what = "pairs" if stage == Stage.dpo.value else "examples"
+            raise ValueError(f"stage {stage} trains on whole {what} and cannot pack them; remove training.packing")
+        if stage == Stage.kto.value and self.training.per_device_batch_size < 2:
+            raise ValueError(
+                "stage kto needs training.perDeviceBatchSize of at least 2 (TRL estimates KTO's KL term by pairing "
+                "each prompt with another answer of its batch)"
+            )
 
 
 # --------------------------------------------------------------------------------------------

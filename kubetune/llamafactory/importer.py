@@ -22,17 +22,16 @@ from kubetune.llamafactory.keys import KEYS, KEYS_BY_NAME, Draft, Refused
 __all__ = ["Options", "Refused", "import_config"]
 
 # dataset_info.json columns and tags that are FineTuneJob columns and tags (same words, camelCase).
-COLUMNS = ("prompt", "query", "response", "history", "messages", "system", "tools")
+COLUMNS = ("prompt", "query", "response", "history", "messages", "system", "tools", "chosen", "rejected", "kto_tag")
 TAGS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag")
 # What a dataset_info.json entry can ask for that kubetune does not train, and why.
 REFUSED_COLUMNS = {
     "images": "multimodal data is not supported",
     "videos": "multimodal data is not supported",
     "audios": "multimodal data is not supported",
-    "chosen": "preference pairs are not imported yet (write a FineTuneJob with stage: dpo)",
-    "rejected": "preference pairs are not imported yet (write a FineTuneJob with stage: dpo)",
-    "kto_tag": "KTO data is not supported (kubetune does not train KTO yet)",
 }
+# Dataset kinds a stage trains on: LLaMA-Factory's `ranking: true` pairs and `kto_tag` answers.
+STAGE_OF_DATA = {"ranking": "dpo", "kto_tag": "kto"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,8 @@ def import_config(path: str, options: Options) -> str:
             draft.unmapped[name] = f"{_shown(value)}  (not known to this importer)"
     draft.spec["datasets"] = _datasets(config, options, draft)
     draft.spec["output"] = {"uri": _output_uri(config, options)}
+    if draft.get("stage") == "kto":
+        _kto_batch(draft)
     if options.nodes is not None:
         draft.spec["resources"]["nodes"] = options.nodes
     if options.gpus_per_node is not None:
@@ -81,6 +82,21 @@ def import_config(path: str, options: Options) -> str:
     }
     parse_job(doc, path)  # what `kubetune validate` checks: values out of our ranges fail here, by field
     return _header(path, draft) + _emit(doc, draft.comments)
+
+
+def _kto_batch(draft: Draft) -> None:
+    """TRL's KTO pairs each prompt with another answer of its batch: a batch of 1 becomes 2, with half the
+    accumulation where it divides, so the effective batch stays LLaMA-Factory's."""
+    training = draft.spec["training"]
+    if training.get("perDeviceBatchSize", 1) >= 2:
+        return
+    steps = training.get("gradientAccumulationSteps", 1)
+    training["perDeviceBatchSize"] = 2
+    note = "TRL's KTO needs at least 2 (LLaMA-Factory: 1)"
+    if steps % 2 == 0:
+        training["gradientAccumulationSteps"] = steps // 2
+        draft.comments["spec.training.gradientAccumulationSteps"] = "halved: the batch per device is doubled"
+    draft.comments["spec.training.perDeviceBatchSize"] = note
 
 
 def _read_config(path: str) -> dict[str, Any]:
@@ -146,11 +162,11 @@ def _dataset(
     name: str, entry: dict[str, Any], files_dir: str, options: Options, max_samples: Any, draft: Draft, index: int
 ) -> dict[str, Any]:
     where = f"dataset '{name}'"
-    if entry.get("ranking"):
-        raise Refused(
-            "dataset", f"{where}: ranking (preference pairs) is not imported yet: write a FineTuneJob with stage: dpo"
-        )
     columns = entry.get("columns") or {}
+    stage = draft.get("stage", "sft")
+    for marker, wanted in STAGE_OF_DATA.items():
+        if (entry.get(marker) if marker == "ranking" else marker in columns) and stage != wanted:
+            raise Refused("dataset", f"{where}: {marker} data trains with stage: {wanted} (the config has {stage})")
     for column, why in REFUSED_COLUMNS.items():
         if column in columns:
             raise Refused("dataset", f"{where}: {why}: column '{columns[column]}' ({column})")

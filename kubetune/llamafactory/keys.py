@@ -99,11 +99,34 @@ def _refuse_if(bad: Callable[[Any], bool], message: str, name: str) -> Apply:
     return apply
 
 
+STAGES = ("sft", "dpo", "kto", "pt")
+# LLaMA-Factory pref_loss -> TRL loss_type (spec.preference.loss); the others have no TRL DPO loss here.
+PREF_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo"}
+
+
 def _stage(value: Any, draft: Draft) -> None:
-    if value in ("dpo", "pt"):
-        raise Refused("stage", f"'{value}' is not imported yet: the importer converts sft configs (docs/trainer.md)")
+    if value not in STAGES:
+        raise Refused("stage", f"'{value}' is not supported: kubetune trains {', '.join(STAGES)}")
     if value != "sft":
-        raise Refused("stage", f"'{value}' is not supported: kubetune trains sft, dpo and pt")
+        draft.set("stage", value)
+
+
+def _preference(path: str, stages: tuple[str, ...], name: str) -> Apply:
+    """A pref_*/kto_* key: LLaMA-Factory reads it only in some stages, and so does the job."""
+
+    def apply(value: Any, draft: Draft) -> None:
+        stage = draft.get("stage", "sft")
+        if stage not in stages:
+            return
+        if name == "pref_loss":
+            if value not in PREF_LOSSES:
+                raise Refused(name, f"'{value}' is not supported: stage dpo trains {', '.join(PREF_LOSSES)}")
+            value = PREF_LOSSES[value]
+        if name == "pref_ftx" and not value:
+            return
+        draft.set(f"preference.{path}", value)
+
+    return apply
 
 
 def _do_train(value: Any, draft: Draft) -> None:
@@ -332,7 +355,25 @@ KEYS: tuple[Key, ...] = (
     Key("model_name_or_path", "spec.model.source", _to("model.source"), "A hub id, `s3://bucket/prefix/` or a path."),
     Key("model_revision", "spec.model.revision", _to("model.revision")),
     Key("trust_remote_code", "spec.model.trustRemoteCode", _to("model.trustRemoteCode")),
-    Key("stage", "(implied)", _stage, "`sft` only; `pt`, `rm`, `ppo`, `dpo`, `kto` are refused."),
+    Key("stage", "spec.stage", _stage, "`sft`, `dpo`, `kto` or `pt`; `rm` and `ppo` are refused."),
+    Key("pref_beta", "spec.preference.beta", _preference("beta", ("dpo", "kto"), "pref_beta"), "dpo and kto."),
+    Key(
+        "pref_loss",
+        "spec.preference.loss",
+        _preference("loss", ("dpo",), "pref_loss"),
+        "dpo: `sigmoid`, `hinge`, `ipo`; `kto_pair`, `orpo`, `simpo` are refused.",
+    ),
+    Key("pref_ftx", "spec.preference.sftWeight", _preference("sftWeight", ("dpo",), "pref_ftx"), "dpo."),
+    Key(
+        "kto_chosen_weight",
+        "spec.preference.desirableWeight",
+        _preference("desirableWeight", ("kto",), "kto_chosen_weight"),
+    ),
+    Key(
+        "kto_rejected_weight",
+        "spec.preference.undesirableWeight",
+        _preference("undesirableWeight", ("kto",), "kto_rejected_weight"),
+    ),
     Key("do_train", "(implied)", _do_train),
     Key("finetuning_type", "spec.method.type", _finetuning_type, "`lora` or `full`; `freeze` and `oft` are refused."),
     Key(

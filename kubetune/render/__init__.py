@@ -140,6 +140,8 @@ def cluster_problems(job: api.FineTuneJob) -> list[str]:
     """
     problems: list[str] = []
     places = [("spec.model.source", job.spec.model.source), ("spec.output.uri", job.spec.output.uri)]
+    if job.spec.model.reference is not None:
+        places.append(("spec.model.reference", job.spec.model.reference))
     places += [(f"spec.datasets[{i}].source", d.source) for i, d in enumerate(job.spec.datasets)]
     for where, value in places:
         if location_kind(value) == "path" and not _mounted(value, job):

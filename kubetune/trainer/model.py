@@ -31,34 +31,43 @@ _DONE_MARKER = ".kubetune-complete"
 
 def fetch_model(cfg: RunConfig) -> Path:
     """A local directory holding the base model. Call on one process per node first (it downloads)."""
-    source = cfg.spec.model.source
+    return _fetch(cfg.spec.model.source, cfg.spec.model.revision, "spec.model.source", cfg)
+
+
+def fetch_reference(cfg: RunConfig) -> Path | None:
+    """A local directory holding spec.model.reference (None when the base is its own reference)."""
+    source = cfg.spec.model.reference
+    return None if source is None else _fetch(source, None, "spec.model.reference", cfg)
+
+
+def _fetch(source: str, revision: str | None, field: str, cfg: RunConfig) -> Path:
     kind = location_kind(source)
     if kind == "s3":
-        return _fetch_s3(source, cfg)
+        return _fetch_s3(source, cfg, field)
     if kind == "path":
         path = local_path(source)
         if not (path / "config.json").is_file():
             raise TrainerError(
                 ExitCode.MODEL,
                 f"no model at {source} (config.json not found)",
-                "check spec.model.source and that the volume holding it is mounted",
+                f"check {field} and that the volume holding it is mounted",
             )
         return path
-    return _fetch_hub(source, cfg.spec.model.revision)
+    return _fetch_hub(source, revision, field)
 
 
-def _fetch_s3(uri: str, cfg: RunConfig) -> Path:
+def _fetch_s3(uri: str, cfg: RunConfig, field: str) -> Path:
     """Download once per node into the cache; a marker file makes a half-finished download invisible."""
     from kubetune.storage import download_dir, list_files
 
     key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     dest = cfg.cache_dir / "models" / key
     if (dest / _DONE_MARKER).exists():
-        log.info("base model %s already in the node cache %s", uri, dest)
+        log.info("model %s already in the node cache %s", uri, dest)
         return dest
     shutil.rmtree(dest, ignore_errors=True)  # a copy without the marker is an interrupted one
     if not list_files(uri, cfg.storage):
-        raise TrainerError(ExitCode.MODEL, f"no model files under {uri}", "check spec.model.source")
+        raise TrainerError(ExitCode.MODEL, f"no model files under {uri}", f"check {field}")
     # Per process: two "nodes" of a local run share one cache, and must not write into each other's copy.
     partial = dest.with_name(f"{key}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
@@ -66,7 +75,7 @@ def _fetch_s3(uri: str, cfg: RunConfig) -> Path:
     if not (partial / "config.json").is_file():
         shutil.rmtree(partial, ignore_errors=True)
         raise TrainerError(
-            ExitCode.MODEL, f"{uri} holds no config.json", "point spec.model.source at a save_pretrained directory"
+            ExitCode.MODEL, f"{uri} holds no config.json", f"point {field} at a save_pretrained directory"
         )
     (partial / _DONE_MARKER).write_text(uri + "\n")
     try:
@@ -76,7 +85,7 @@ def _fetch_s3(uri: str, cfg: RunConfig) -> Path:
     return dest
 
 
-def _fetch_hub(repo_id: str, revision: str | None) -> Path:
+def _fetch_hub(repo_id: str, revision: str | None, field: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -95,7 +104,7 @@ def _fetch_hub(repo_id: str, revision: str | None) -> Path:
         raise TrainerError(
             ExitCode.MODEL,
             f"model {repo_id} not found on the hub",
-            "check spec.model.source, or set HF_TOKEN for a gated/private model",
+            f"check {field}, or set HF_TOKEN for a gated/private model",
         ) from None
     except LocalEntryNotFoundError:
         raise TrainerError(
@@ -125,16 +134,40 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool) -> Any:
 
 def load_model(model_dir: Path, cfg: RunConfig) -> Any:
     """The trainable model: full weights, or the base wrapped in a (Q)LoRA adapter."""
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
+    from transformers import set_seed
 
     # training.seed promises the initialisation too: the LoRA weights (and any newly initialised
     # head) are drawn here, before the Trainer seeds for shuffling and dropout.
     set_seed(cfg.spec.training.seed)
+    model = _from_pretrained(model_dir, cfg, cfg.spec.model.source, trains=True)
+    if cfg.method == "full":
+        return model
+    return _wrap_lora(model, cfg)
+
+
+def load_reference(model_dir: Path, cfg: RunConfig, policy: Any) -> Any:
+    """spec.model.reference, frozen: loaded as the base is (quantized for qlora), in the compute dtype."""
+    reference = _from_pretrained(model_dir, cfg, str(cfg.spec.model.reference), trains=False)
+    ours, theirs = policy.get_input_embeddings().num_embeddings, reference.get_input_embeddings().num_embeddings
+    if ours != theirs:
+        raise TrainerError(
+            ExitCode.CONFIG,
+            f"spec.model.reference has {theirs} token embeddings, the base {ours}: the reference must score the "
+            "same token ids",
+            "use a reference of the same model family and tokenizer (for example the SFT job's model/)",
+        )
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+def _from_pretrained(model_dir: Path, cfg: RunConfig, source: str, *, trains: bool) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     method = cfg.method
     dtype = torch_dtype(cfg.precision)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.spec.model.trust_remote_code}
-    if method == "full":
+    if method == "full" and trains:
         # Full training keeps fp32 master weights; mixed precision runs through autocast.
         kwargs["dtype"] = torch.float32
     else:
@@ -159,16 +192,14 @@ def load_model(model_dir: Path, cfg: RunConfig) -> Any:
     except (OSError, ValueError) as exc:
         raise TrainerError(
             ExitCode.MODEL,
-            f"cannot load the model from {cfg.spec.model.source} ({exc})",
+            f"cannot load the model from {source} ({exc})",
             "check that it is a causal LM saved with save_pretrained (safetensors), and "
             "spec.model.trustRemoteCode for custom architectures",
         ) from None
     if kernels.liger:
         apply_liger(model)
     log.info("kernels: attention %s, liger %s", kernels.attention, "on" if kernels.liger else "off")
-    if method == "full":
-        return model
-    return _wrap_lora(model, cfg)
+    return model
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ def check_inputs(cfg: RunConfig) -> None:
     """The S3 model and datasets can be listed and read."""
     if is_remote(cfg.spec.model.source):
         _check("spec.model.source", lambda: check_readable(cfg.spec.model.source, cfg.storage))
+    reference = cfg.spec.model.reference
+    if reference is not None and is_remote(reference):
+        _check("spec.model.reference", partial(check_readable, reference, cfg.storage))
     for n, dataset in enumerate(cfg.spec.datasets):
         if is_remote(dataset.source):
             _check(f"spec.datasets[{n}].source", partial(check_readable, dataset.source, cfg.storage))

@@ -120,29 +120,45 @@ class ProgressSink:
         self.local_path.write_text("".join(json.dumps(e) + "\n" for e in kept) + current)
 
     def plot_loss(self, path: Path) -> bool:
-        """loss.png from the training and eval losses seen so far."""
+        """loss.png from the training and eval losses seen so far; for dpo/kto a second panel holds the
+        reward margin (and accuracy, dpo) that TRL logs beside the loss."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        train = [(e["step"], e["loss"]) for e in self.history if "loss" in e and "step" in e]
-        evals = [(e["step"], e["evalLoss"]) for e in self.history if "evalLoss" in e and "step" in e]
+        train = self._series("loss")
+        evals = self._series("evalLoss")
+        margins, accuracies = self._series("rewardMargin"), self._series("rewardAccuracy")
         if not train and not evals:
             return False
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        rewards = bool(margins or accuracies)
+        fig, axes = plt.subplots(2 if rewards else 1, 1, figsize=(7, 6 if rewards else 4), dpi=100, sharex=True)
+        ax = axes[0] if rewards else axes
         if train:
             ax.plot(*zip(*train, strict=True), label="train loss")
         if evals:
             ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
-        ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
         ax.legend()
+        if rewards:
+            ax = axes[1]
+            if margins:
+                ax.plot(*zip(*margins, strict=True), color="tab:green", label="reward margin")
+            if accuracies:
+                ax.plot(*zip(*accuracies, strict=True), color="tab:purple", label="reward accuracy")
+            ax.set_ylabel("reward")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        ax.set_xlabel("step")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
         return True
+
+    def _series(self, key: str) -> list[tuple[int, float]]:
+        return [(e["step"], e[key]) for e in self.history if e.get(key) is not None and "step" in e]
 
 
 class ProgressCallback(TrainerCallback):

@@ -105,7 +105,7 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
     from transformers import PrinterCallback
 
     from kubetune.trainer.data import prepare_data
-    from kubetune.trainer.model import fetch_model, load_model, load_tokenizer
+    from kubetune.trainer.model import fetch_model, fetch_reference, load_model, load_reference, load_tokenizer
     from kubetune.trainer.stages import make_trainer
 
     args = training_arguments(cfg)  # initialises the process group (gloo on CPU, nccl on GPU)
@@ -117,6 +117,7 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
     _stage(sink, "preparing", "fetching the base model")
     with args.main_process_first(local=True, desc="model download"):
         base_dir = fetch_model(cfg)
+        reference_dir = fetch_reference(cfg)
     tokenizer = load_tokenizer(base_dir, cfg.spec.model.trust_remote_code)
 
     _stage(sink, "preparing", "preparing data")
@@ -138,6 +139,7 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
     if sink is not None and resume is not None:
         sink.continue_history(int(resume.name.split("-")[1]))
     model = load_model(base_dir, cfg)
+    ref_model = load_reference(reference_dir, cfg, model) if reference_dir is not None else None
     sync = CheckpointSync(
         cfg.output.checkpoints,
         cfg.spec.training.keep_checkpoints,
@@ -147,7 +149,7 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
         run_identity(cfg.spec),
     )
     progress = ProgressCallback(sink)
-    trainer = make_trainer(cfg, model, args, tokenizer, prepared, [progress, sync, StopWhenFinished()])
+    trainer = make_trainer(cfg, model, args, tokenizer, prepared, [progress, sync, StopWhenFinished()], ref_model)
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

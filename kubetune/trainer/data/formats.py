@@ -84,6 +84,7 @@ class Mapping:
     tools: str | None = "tools"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    kto_tag: str | None = None  # None: kto_tag, else a boolean label column (kubetune.trainer.data.preference)
     role_tag: str | None = None
     content_tag: str | None = None
     user_tag: str | None = None
@@ -204,7 +205,7 @@ def _detect_one(row: dict[str, Any], mapping: Mapping) -> tuple[str, str | None,
 # What to do with data of another kind than the stage trains on.
 _ADVICE = {
     "pair": "set spec.stage: dpo to train on it",
-    "kto": "kubetune does not train KTO yet",
+    "kto": "set spec.stage: kto to train on it",
     "multimodal": "kubetune trains text only",
 }
 

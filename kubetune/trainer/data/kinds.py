@@ -2,7 +2,8 @@
 
 The pipeline (read -> check -> tokenize -> account -> hold out) is the same for every stage; only
 these steps differ. `sft` reads conversations and yields input_ids/labels (packable); `dpo` reads
-preference pairs and yields prompt_ids/chosen_ids/rejected_ids, which are never packed; `pt` reads
+preference pairs and yields prompt_ids/chosen_ids/rejected_ids, which are never packed; `kto` reads
+tagged answers and yields prompt_ids/completion_ids/label, never packed either; `pt` reads
 plain text and yields input_ids/labels cut into cutoffLen blocks.
 """
 
@@ -112,6 +113,24 @@ DPO = Kind(
     ),
 )
 
+KTO = Kind(
+    stage="kto",
+    noun="tagged answers",
+    refuse=lambda row: fm.not_kind(row, "kto"),
+    detect=pref.detect_tagged,
+    convert=pref.to_tagged,
+    chars=pref.Tagged.chars,
+    columns=pref.tagged_columns,
+    encode=pref.encode_tagged,
+    token_columns=("prompt_ids", "completion_ids", "label"),
+    packs=False,
+    messages=pref.Tagged.messages,
+    preview=lambda tok, template, example, encoded, origin, train_on: pref.render_tagged_preview(
+        tok, template, example, origin, encoded
+    ),
+    finish=pref.tagged_rows,
+)
+
 PT = Kind(
     stage="pt",
     noun="documents",
@@ -136,7 +155,7 @@ def _text_columns(docs: list[tx.Document]) -> Any:
     return pa.table({"text": pa.array([d.text for d in docs], type=pa.string())})
 
 
-KINDS = {k.stage: k for k in (SFT, DPO, PT)}
+KINDS = {k.stage: k for k in (SFT, DPO, KTO, PT)}
 
 
 def kind_of(spec: Any) -> Kind:

@@ -1,4 +1,5 @@
-"""Preference pairs (stage dpo): a prompt conversation and two answers to it, chosen and rejected.
+"""Preference data: pairs (stage dpo), a prompt conversation and two answers to it, chosen and rejected;
+and tagged answers (stage kto), a conversation whose last assistant turn is marked desirable or not.
 
 The layouts are LLaMA-Factory's `ranking: true` datasets and TRL's:
 - sharegpt / openai: the prompt turns under `conversations` / `messages`, and `chosen` / `rejected`
@@ -9,6 +10,8 @@ The layouts are LLaMA-Factory's `ranking: true` datasets and TRL's:
 
 Every pair is checked like an SFT row (RowError with a reason), and on top: neither answer is empty,
 they differ, and the prompt ends with a user (or tool) turn, not a dangling assistant one.
+KTO rows are LLaMA-Factory's: any SFT layout plus a boolean `kto_tag` column (columns.kto_tag; its demo
+maps it to `label`), checked like SFT rows and the tag a true/false value.
 Tokenizing renders the prompt with the generation prompt exactly as SFT masking does, and each
 answer as the prompt's assistant turn, end-of-turn token included.
 """
@@ -215,9 +218,19 @@ def render_pair(
     special: dict[str, str],
 ) -> list[str]:
     """The prompt rendered with the generation prompt, then prompt + each answer as the last assistant turn."""
+    return render_answers(template, prompt, [chosen, rejected], tools, special)
+
+
+def render_answers(
+    template: ChatTemplate,
+    prompt: list[dict[str, str]],
+    answers: list[str],
+    tools: list[Any] | None,
+    special: dict[str, str],
+) -> list[str]:
     head = render(template, prompt, special_tokens=special, tools=tools, add_generation_prompt=True)
     texts = [head]
-    for answer in (chosen, rejected):
+    for answer in answers:
         full = render(
             template, [*prompt, {"role": "assistant", "content": answer}], special_tokens=special, tools=tools
         )
@@ -268,3 +281,157 @@ def render_preview(tokenizer: Any, template: ChatTemplate, pair: Pair, origin: t
         f"{prompt}[[{decode(example['rejected_ids'])}]]",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Tagged answers (stage kto)
+# --------------------------------------------------------------------------------------------
+
+# LLaMA-Factory's default kto_tag column, and the boolean column its demo data maps it to.
+TAG_KEYS = ("kto_tag", "label")
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """One KTO example: a prompt conversation, one answer to it, and whether that answer is desirable."""
+
+    prompt: list[dict[str, str]]
+    answer: str
+    desirable: bool
+    tools: str | None = None
+
+    def chars(self) -> int:
+        return sum(len(m["content"]) for m in self.prompt) + len(self.answer) + len(self.tools or "")
+
+    def messages(self) -> list[dict[str, str]]:
+        return [*self.prompt, {"role": "assistant", "content": self.answer}]
+
+
+def _tag_key(rows: list[dict[str, Any]], mapping: Mapping) -> str | None:
+    if mapping.kto_tag:
+        return mapping.kto_tag
+    if any(TAG_KEYS[0] in row for row in rows):
+        return TAG_KEYS[0]
+    return TAG_KEYS[1] if any(isinstance(row.get(TAG_KEYS[1]), bool) for row in rows) else None
+
+
+def detect_tagged(rows: list[dict[str, Any]], mapping: Mapping) -> tuple[str, Mapping, str]:
+    """(format, mapping, description) of sample KTO rows: the tag column, then the SFT layout of the rest."""
+    key = _tag_key(rows, mapping)
+    if key is None or not any(key in row for row in rows):
+        raise RowError(
+            f"spec.stage is kto, which trains on answers tagged desirable or not, but no row has a "
+            f"'{key or TAG_KEYS[0]}' column{'' if key else ' (or a true/false label)'}; keys found: "
+            f"{fm.keys_found(rows)}. Set columns.ktoTag to the column holding true/false."
+        )
+    untagged = [{k: v for k, v in row.items() if k != key} for row in rows]
+    fmt, found, description = fm.detect_format(untagged, replace(mapping, kto_tag=key))
+    return fmt, found, f"KTO answers tagged by '{key}', {description}"
+
+
+def to_tagged(row: Any, fmt: str, mapping: Mapping) -> Tagged:
+    """The checked KTO example of one row, or RowError saying what is wrong with it."""
+    if not isinstance(row, dict):
+        raise RowError(f"expected an object with named fields, got {type(row).__name__}")
+    key = mapping.kto_tag or TAG_KEYS[0]
+    if key not in row:
+        present = ", ".join(sorted(row)[:10])
+        raise RowError(
+            f"missing field '{key}': spec.stage kto needs each answer tagged true (desirable) or false "
+            f"(fields present: {present})"
+        )
+    tag = row[key]
+    if not isinstance(tag, bool):
+        raise RowError(f"field '{key}' must be true or false (is the answer desirable?), got {fm.type_name(tag)}")
+    conv = fm.to_conversation({k: v for k, v in row.items() if k != key}, fmt, mapping)
+    *prompt, last = conv.messages  # an SFT row ends with the assistant's answer, which the tag judges
+    return Tagged(prompt, last["content"], tag, conv.tools)
+
+
+def tagged_columns(examples: list[Tagged]) -> Any:
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
+    return pa.table(
+        {
+            "prompt": pa.array([e.prompt for e in examples], type=pa.list_(message)),
+            "answer": pa.array([e.answer for e in examples], type=pa.string()),
+            "desirable": pa.array([e.desirable for e in examples], type=pa.bool_()),
+            "tools": pa.array([e.tools for e in examples], type=pa.string()),
+        }
+    )
+
+
+def encode_tagged(
+    batch: dict[str, list[Any]], *, tokenizer: Any, template: ChatTemplate, cutoff_len: int, train_on: str
+) -> dict[str, list[Any]]:
+    """prompt_ids / completion_ids / label ([1] desirable, [0] not: the pipeline's columns are token
+    lists, `tagged_rows` makes it TRL's boolean), the answer cut so prompt + answer fits cutoffLen."""
+    del train_on  # only the answer carries loss
+    special = dict(tokenizer.special_tokens_map)
+    texts: list[str] = []
+    errors: list[str] = []
+    for prompt, answer, tools in zip(batch["prompt"], batch["answer"], batch["tools"], strict=True):
+        try:
+            texts += render_answers(template, prompt, [answer], json.loads(tools) if tools else None, special)
+            errors.append("")
+        except Exception as exc:  # a template's raise_exception() or a mismatch: this row only
+            texts += ["", ""]
+            errors.append(f"chat template failed: {exc}")
+    encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    out: dict[str, list[Any]] = {
+        k: [] for k in ("prompt_ids", "completion_ids", "label", "n_full", "trainable", "status", "error")
+    }
+
+    def append(prompt: list[int], answer: list[int], label: int, n_full: int, status: int, error: str) -> None:
+        row: dict[str, Any] = {"prompt_ids": prompt, "completion_ids": answer, "label": [label], "n_full": n_full}
+        row.update(trainable=len(answer), status=status, error=error)
+        for name, value in row.items():
+            out[name].append(value)
+
+    for i, (error, desirable) in enumerate(zip(errors, batch["desirable"], strict=True)):
+        label = int(desirable)
+        if error:
+            append([], [], label, 0, FAILED, error)
+            continue
+        prompt_ids, full = encodings[2 * i].ids, encodings[2 * i + 1].ids
+        n = _common(prompt_ids, full)
+        prompt, answer = full[:n], full[n:]
+        if n >= cutoff_len or not answer:
+            append(
+                [],
+                [],
+                label,
+                len(full),
+                DROPPED,
+                f"no answer token within cutoffLen {cutoff_len}: the prompt alone is {n} tokens",
+            )
+            continue
+        append(prompt, answer[: cutoff_len - n], label, len(full), TRUNCATED if len(full) > cutoff_len else OK, "")
+    return out
+
+
+def tagged_rows(table: Any, cutoff_len: int) -> Any:
+    """The trainer's rows: `label` as TRL's boolean."""
+    del cutoff_len
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    labels = pc.cast(pc.list_element(table.column("label"), 0), pa.bool_())
+    return table.set_column(table.column_names.index("label"), "label", labels)
+
+
+def render_tagged_preview(
+    tokenizer: Any, template: ChatTemplate, example: Tagged, origin: tuple[str, int], encoded: Any
+) -> str:
+    """The KTO example as the model sees it: prompt, then the answer (the trained part) inside [[ ]]."""
+    decode = tokenizer.decode
+    verdict = "desirable" if example.desirable else "undesirable"
+    return "\n".join(
+        [
+            f"Preview: {origin[0]} row {origin[1]} (template {template.name}, KTO answer tagged {verdict}: "
+            f"{len(encoded['prompt_ids'])} prompt tokens, {len(encoded['completion_ids'])} answer tokens; "
+            "trained text is inside [[ ]])",
+            f"{decode(encoded['prompt_ids'])}[[{decode(encoded['completion_ids'])}]]",
+        ]
+    )

@@ -91,6 +91,19 @@ def test_crd_has_status_subresource_printer_columns_and_short_name() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
 
+def test_wide_printer_columns_show_the_stage_and_reward_margin_from_fields_the_schema_has() -> None:
+    version = build_crd()["spec"]["versions"][0]
+    wide = {c["name"]: c for c in version["additionalPrinterColumns"] if c.get("priority") == 1}
+    assert wide["Margin"]["jsonPath"] == ".status.progress.rewardMargin" and wide["Margin"]["type"] == "number"
+    assert wide["Stage"]["jsonPath"] == ".spec.stage"
+    for column in version["additionalPrinterColumns"]:
+        node = version["schema"]["openAPIV3Schema"]
+        if column["jsonPath"].startswith(".metadata"):
+            continue
+        for part in column["jsonPath"].strip(".").split("."):
+            node = node["properties"][part]  # a KeyError names a column whose field does not exist
+
+
 def test_cel_rules_are_attached_where_fields_interact() -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     method_rules = [r["rule"] for r in spec["properties"]["method"]["x-kubernetes-validations"]]
@@ -186,6 +199,36 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
             [],
             {"datasets": [{"source": "x"}], "stage": "pt", "training": {"packing": False}},
             "stage pt always joins documents into cutoffLen blocks",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "kto", "training": {"perDeviceBatchSize": 2, "packing": True}},
+            "stage kto trains on whole examples and cannot pack them",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "kto"},
+            "stage kto needs training.perDeviceBatchSize of at least 2",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "stage": "dpo", "preference": {"desirableWeight": 2.0}},
+            "preference.desirableWeight and undesirableWeight apply only to stage: kto",
+        ),
+        (
+            [],
+            {
+                "datasets": [{"source": "x"}],
+                "stage": "kto",
+                "training": {"perDeviceBatchSize": 2},
+                "preference": {"loss": "ipo"},
+            },
+            "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
+        ),
+        (
+            [],
+            {"datasets": [{"source": "x"}], "model": {"source": "x", "reference": "Qwen/Qwen2.5-0.5B"}},
+            "model.reference applies only to stage: dpo or kto",
         ),
         (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),

@@ -81,3 +81,12 @@ def test_renderer_asks_the_same_rule() -> None:
     problems = render.cluster_problems(parse_job(_job("Qwen/Qwen2.5-7B", "data/train.jsonl")))
     assert [p.split(":")[0] for p in problems] == ["spec.datasets[0].source"]
     assert render.cluster_problems(parse_job(_job("Qwen/Qwen2.5-7B", "s3://bkt/train.jsonl"))) == []
+
+
+def test_a_reference_model_path_must_be_mounted_like_the_base() -> None:
+    doc = _job("Qwen/Qwen2.5-7B", "s3://bkt/pairs.jsonl")
+    doc["spec"] |= {"stage": "dpo", "model": {"source": "Qwen/Qwen2.5-7B", "reference": "/models/sft"}}
+    problems = render.cluster_problems(parse_job(doc))
+    assert [p.split(":")[0] for p in problems] == ["spec.model.reference"]
+    doc["spec"]["model"]["reference"] = "s3://models/sft/model/"
+    assert render.cluster_problems(parse_job(doc)) == []

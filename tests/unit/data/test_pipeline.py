@@ -364,7 +364,12 @@ TEXT_ONLY = "kubetune trains text only"
 @pytest.mark.parametrize(
     ("name", "options", "kind", "advice"),
     [
-        ("kto_en_demo.json", LF_SHAREGPT_ROLES, "KTO data (a true/false 'label' column", "does not train KTO yet"),
+        (
+            "kto_en_demo.json",
+            LF_SHAREGPT_ROLES,
+            "KTO data (a true/false 'label' column",
+            "set spec.stage: kto to train on it",
+        ),
         (
             "dpo_en_demo.json",
             {"format": "sharegpt"},

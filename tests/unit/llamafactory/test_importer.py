@@ -17,11 +17,8 @@ DATASET_INFO = LF / "data" / "dataset_info.json"
 EXAMPLES = sorted(p for d in ("train_lora", "train_qlora", "train_full") for p in (LF / "examples" / d).glob("*.yaml"))
 # What LLaMA-Factory's examples ask for that kubetune does not train, and the reason given.
 REFUSED = {
-    "qwen3_lora_dpo.yaml": "stage: 'dpo' is not imported yet",
-    "qwen3_lora_kto.yaml": "stage: 'kto' is not supported",
-    "qwen3_lora_pretrain.yaml": "stage: 'pt' is not imported yet",
     "qwen3_lora_reward.yaml": "stage: 'rm' is not supported",
-    "qwen3vl_lora_dpo.yaml": "stage: 'dpo' is not imported yet",
+    "qwen3vl_lora_dpo.yaml": "dataset: dataset 'rlhf_v': multimodal data is not supported: column 'images'",
     "qwen3vl_lora_sft.yaml": "dataset: dataset 'mllm_demo': multimodal data is not supported: column 'images'",
     "qwen3vl_full_sft.yaml": "dataset: dataset 'mllm_demo': multimodal data is not supported: column 'images'",
 }
@@ -47,7 +44,13 @@ def test_the_examples_are_here() -> None:
     assert len(EXAMPLES) == 17 and set(REFUSED) <= {p.name for p in EXAMPLES}
 
 
-@pytest.mark.parametrize("config", [p for p in EXAMPLES if p.name not in REFUSED], ids=lambda p: p.name)
+# The stage examples (their own test below); the others are sft.
+STAGE_EXAMPLES = {"qwen3_lora_dpo.yaml": "dpo", "qwen3_lora_kto.yaml": "kto", "qwen3_lora_pretrain.yaml": "pt"}
+
+
+@pytest.mark.parametrize(
+    "config", [p for p in EXAMPLES if p.name not in REFUSED and p.name not in STAGE_EXAMPLES], ids=lambda p: p.name
+)
 def test_every_supported_example_imports_and_validates(
     config: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -69,6 +72,37 @@ def test_every_supported_example_imports_and_validates(
         assert spec["method"]["lora"] == {"rank": 8, "alpha": 16, "dropout": 0.0, "targetModules": ["all"]}
         assert spec["method"]["type"] == ("qlora" if lf.get("quantization_bit") else "lora")
     # and through -o FILE, the same text `kubetune validate` accepts
+    out = tmp_path / "job.yaml"
+    args = ["--dataset-info", str(DATASET_INFO), "--output-uri", "s3://models/x/", "-o", str(out)]
+    assert run_import(config, *args, capsys=capsys)[0] == 0
+    assert main(["validate", str(out)]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_EXAMPLES))
+def test_dpo_kto_and_pretrain_examples_import_with_their_stage_data_and_settings(
+    name: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = LF / "examples" / "train_lora" / name
+    doc = imported(config, capsys)
+    lf = yaml.safe_load(config.read_text())
+    spec = doc["spec"]
+    info = json.loads(DATASET_INFO.read_text())[lf["dataset"]]
+    [dataset] = spec["datasets"]
+    assert spec["stage"] == STAGE_EXAMPLES[name] == lf["stage"]
+    assert dataset["source"] == "s3://datasets/lf/" + info["file_name"]
+    assert dataset["format"] == info.get("formatting", "alpaca")
+    # dataset_info columns, camelCase: ranking pairs keep chosen/rejected, KTO its tag column, pt its text.
+    expected = {"kto_tag": "ktoTag"}
+    assert dataset["columns"] == {expected.get(k, k): v for k, v in info["columns"].items()}
+    if name == "qwen3_lora_dpo.yaml":
+        assert spec["preference"] == {"beta": lf["pref_beta"], "loss": "sigmoid"}
+    if name == "qwen3_lora_kto.yaml":
+        assert spec["preference"] == {"beta": lf["pref_beta"]}
+        # LLaMA-Factory's batch of 1 x 8 becomes TRL's minimum of 2 x 4: the same effective batch.
+        assert lf["per_device_train_batch_size"] * lf["gradient_accumulation_steps"] == 8
+        assert (spec["training"]["perDeviceBatchSize"], spec["training"]["gradientAccumulationSteps"]) == (2, 4)
+    if name == "qwen3_lora_pretrain.yaml":
+        assert "preference" not in spec and "template" not in lf
     out = tmp_path / "job.yaml"
     args = ["--dataset-info", str(DATASET_INFO), "--output-uri", "s3://models/x/", "-o", str(out)]
     assert run_import(config, *args, capsys=capsys)[0] == 0
@@ -211,8 +245,12 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
         ("template: glm4\n", None, "template: 'glm4' is not a template kubetune has"),
         ("template: qwen3\nenable_thinking: false\n", None, "enable_thinking: false with the reasoning template"),
         ("use_galore: true\n", None, "use_galore: is not supported"),
-        ("", {"mine": {"file_name": "p.json", "ranking": True}}, "ranking (preference pairs) is not imported yet"),
-        ("", {"mine": {"file_name": "k.json", "columns": {"kto_tag": "label"}}}, "KTO data is not supported"),
+        (
+            "",
+            {"mine": {"file_name": "p.json", "ranking": True}},
+            "ranking data trains with stage: dpo (the config has sft)",
+        ),
+        ("", {"mine": {"file_name": "k.json", "columns": {"kto_tag": "label"}}}, "kto_tag data trains with stage: kto"),
         ("", {"mine": {"file_name": "v.json", "columns": {"videos": "v"}}}, "multimodal data is not supported"),
         ("", {"mine": {"ms_hub_url": "x/y"}}, "needs file_name or hf_hub_url"),
     ],
@@ -289,3 +327,46 @@ def test_trackers_workers_and_timeout_map_to_fields(tmp_path: Path, capsys: pyte
     assert "swanlab  (kubetune reports to tensorboard, wandb, mlflow)" in out
     assert main(["import", "llamafactory", *write(tmp_path, MINIMAL + "report_to: none\n")]) == 0
     assert "reportTo" not in yaml.safe_load(capsys.readouterr().out)["spec"].get("training", {})
+
+
+@pytest.mark.parametrize(
+    ("stage", "extra", "message"),
+    [
+        ("ppo", "", "stage: 'ppo' is not supported: kubetune trains sft, dpo, kto, pt"),
+        ("dpo", "pref_loss: orpo\n", "pref_loss: 'orpo' is not supported: stage dpo trains sigmoid, hinge, ipo"),
+        ("dpo", "pref_loss: kto_pair\n", "pref_loss: 'kto_pair' is not supported"),
+        ("dpo", "pref_loss: simpo\n", "pref_loss: 'simpo' is not supported"),
+    ],
+)
+def test_stages_and_preference_losses_kubetune_does_not_train_exit_1_naming_the_key(
+    stage: str, extra: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = {"mine": {"file_name": "p.json", "ranking": True}}
+    config = MINIMAL.replace("stage: sft", f"stage: {stage}") + extra
+    assert main(["import", "llamafactory", *write(tmp_path, config, info)]) == 1
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_preference_settings_map_to_the_stage_that_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dpo = MINIMAL.replace("stage: sft", "stage: dpo") + "pref_beta: 0.2\npref_loss: ipo\npref_ftx: 0.5\n"
+    info = {"mine": {"file_name": "p.json", "ranking": True}}
+    assert main(["import", "llamafactory", *write(tmp_path, dpo, info)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["spec"]["preference"] == {
+        "beta": 0.2,
+        "loss": "ipo",
+        "sftWeight": 0.5,
+    }
+    kto = (
+        MINIMAL.replace("stage: sft", "stage: kto")
+        + "pref_loss: sigmoid\nkto_chosen_weight: 1.5\nkto_rejected_weight: 0.5\nper_device_train_batch_size: 4\n"
+    )
+    info = {"mine": {"file_name": "k.json", "formatting": "sharegpt", "columns": {"kto_tag": "label"}}}
+    assert main(["import", "llamafactory", *write(tmp_path, kto, info)]) == 0
+    spec = yaml.safe_load(capsys.readouterr().out)["spec"]
+    # pref_loss is not read by LLaMA-Factory's KTO, nor written for it.
+    assert spec["preference"] == {"desirableWeight": 1.5, "undesirableWeight": 0.5}
+    assert spec["training"]["perDeviceBatchSize"] == 4
+    assert spec["datasets"][0]["columns"] == {"ktoTag": "label", "messages": "conversations"}

@@ -78,3 +78,20 @@ def test_resumed_run_continues_the_earlier_history(tmp_path):
 def test_percent_is_floored_never_a_premature_100(step, total, percent, display):
     event = progress_event("training", step=step, total=total)
     assert (event["percent"], event["display"]) == (percent, display)
+
+
+def test_plot_has_a_reward_panel_for_preference_stages(tmp_path):
+    from matplotlib.image import imread
+
+    def plot(name, **rewards):
+        sink = ProgressSink(tmp_path / name / "progress.jsonl", None, None)
+        for step in range(1, 4):
+            fields = {k: v * step for k, v in rewards.items()}
+            sink.emit(progress_event("training", step=step, total=3, loss=1.0 / step, **fields))
+        assert sink.plot_loss(tmp_path / f"{name}.png")
+        return imread(tmp_path / f"{name}.png").shape[0]
+
+    sft_height = plot("sft")
+    # The margin (and, for dpo, the accuracy) get a panel of their own under the loss.
+    assert plot("dpo", rewardMargin=0.5, rewardAccuracy=0.3) > sft_height
+    assert plot("kto", rewardMargin=0.5) > sft_height
