@@ -40,9 +40,10 @@ class Pair:
             sum(len(m["content"]) for m in self.prompt) + len(self.chosen) + len(self.rejected) + len(self.tools or "")
         )
 
-    def messages(self) -> list[dict[str, str]]:
-        """The prompt and the chosen answer as one conversation (the export check's probe)."""
-        return [*self.prompt, {"role": "assistant", "content": self.chosen}]
+    def messages(self) -> list[dict[str, Any]]:
+        """The prompt and the chosen answer as one conversation (the export check's probe), as chat
+        templates read it (a function-call turn becomes tool_calls)."""
+        return fm.chat_messages([*self.prompt, {"role": "assistant", "content": self.chosen}])
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +229,7 @@ def render_answers(
     tools: list[Any] | None,
     special: dict[str, str],
 ) -> list[str]:
+    prompt = fm.chat_messages(prompt)  # as SFT renders the same turns: a function call as a call
     head = render(template, prompt, special_tokens=special, tools=tools, add_generation_prompt=True)
     texts = [head]
     for answer in answers:
@@ -303,8 +305,8 @@ class Tagged:
     def chars(self) -> int:
         return sum(len(m["content"]) for m in self.prompt) + len(self.answer) + len(self.tools or "")
 
-    def messages(self) -> list[dict[str, str]]:
-        return [*self.prompt, {"role": "assistant", "content": self.answer}]
+    def messages(self) -> list[dict[str, Any]]:
+        return fm.chat_messages([*self.prompt, {"role": "assistant", "content": self.answer}])
 
 
 def _tag_key(rows: list[dict[str, Any]], mapping: Mapping) -> str | None:

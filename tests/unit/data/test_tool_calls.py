@@ -135,3 +135,23 @@ def test_the_export_probe_of_a_tool_row_renders_as_training_did(name: str, token
     encoded = encode_batch(batch, tokenizer=tok, template=template, cutoff_len=4096, train_on="all")
     template.apply_to(tok)
     check_template(tok, Probe(messages=messages, input_ids=encoded["input_ids"][0]))
+
+
+def test_a_preference_prompt_with_a_tool_call_renders_as_sft_renders_it() -> None:
+    # The prompt of a DPO pair (or a KTO row) is rendered exactly as the same turns are in SFT: a
+    # function-call turn is a call in the template's own format, not text in a user slot.
+    from kubetune.trainer.data.preference import render_answers
+    from kubetune.trainer.data.tokenize import assistant_spans
+
+    prompt = [
+        {"role": "user", "content": "Add 2 and 4"},
+        {"role": "function", "content": CALL},
+        {"role": "tool", "content": "6"},
+    ]
+    template = resolve_template("qwen", None)
+    head, chosen, _ = render_answers(template, prompt, ["It is 6.", "Five."], TOOLS, {})
+    sft, _ = assistant_spans(
+        template, fm.chat_messages([*prompt, {"role": "assistant", "content": "It is 6."}]), TOOLS, {}, "last"
+    )
+    assert "<tool_call>" in head
+    assert chosen == sft
