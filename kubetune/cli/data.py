@@ -72,8 +72,8 @@ def register(subparsers: Any) -> None:
         dest="preprocessing_workers",
         type=int,
         metavar="N",
-        help="processes that tokenize, as data.preprocessingWorkers (default: one per 2000 rows, at most the "
-        "CPUs this container may use: its CPU limit, not the machine's count)",
+        help="processes that tokenize, as data.preprocessingWorkers (default: one per 4000 rows, at most 8 "
+        "and the CPUs this container may use: its CPU limit, not the machine's count)",
     )
     check.add_argument("--endpoint-url", help="S3 endpoint (MinIO/Ceph/SeaweedFS); default AWS_ENDPOINT_URL")
     check.add_argument("--region", help="S3 region")

@@ -7,7 +7,7 @@ The examples reach the workers by `fork`, not by pickling, and no `datasets.map`
 preparation (see docs/data.md, "Performance").
 
 How many workers: `workers` when given (data.preprocessingWorkers, `kubetune data check -j`), else one
-per `ROWS_PER_WORKER` rows, at most the CPUs this container may use (`cpu_limit`), not the machine's.
+per `ROWS_PER_WORKER` rows, at most 8 and the CPUs this container may use (`cpu_limit`), not the machine's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 # Below this many rows per worker, starting one costs more than it saves.
-ROWS_PER_WORKER = 2000
+ROWS_PER_WORKER = 4000
+# Past this many, workers mostly add memory (each holds a tokenizer and its batches).
+MAX_DEFAULT_WORKERS = 8
 # Examples per `Kind.encode` call (one batch encode of the tokenizer).
 BATCH_ROWS = 1000
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -64,7 +66,7 @@ def _cgroup_quota(root: Path) -> float | None:
 
 
 def default_workers(rows: int, cgroup_root: Path = CGROUP_ROOT) -> int:
-    return max(1, min(cpu_limit(cgroup_root), rows // ROWS_PER_WORKER))
+    return max(1, min(cpu_limit(cgroup_root), MAX_DEFAULT_WORKERS, rows // ROWS_PER_WORKER))
 
 
 def encode(examples: list[Any], kind: Any, workers: int, **options: Any) -> Any:
