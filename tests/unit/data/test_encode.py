@@ -57,3 +57,36 @@ def test_forked_workers_encode_the_same_columns_in_the_same_order(tokenizer: Any
     assert many.equals(one)
     assert one.num_rows == 7 and one.column("status").to_pylist().count(1) > 0  # some were cut to cutoffLen
     assert enc.encode([], SFT, workers, train_on="assistant", **options).num_rows == 0
+
+
+@pytest.mark.parametrize("model", ["tiny_model_dir", "tiny_base_model_dir"])
+def test_data_check_loads_the_tokenizer_autotokenizer_loads(model: str, request: pytest.FixtureRequest) -> None:
+    """`data check` loads a generic tokenizer by its class, to skip importing torch: the same tokenizer."""
+    from transformers import AutoTokenizer
+
+    from kubetune.cli.data import _from_pretrained
+
+    folder = request.getfixturevalue(model)
+    ours, auto = _from_pretrained(str(folder)), AutoTokenizer.from_pretrained(folder)
+    assert type(ours) is type(auto)
+    assert ours.special_tokens_map == auto.special_tokens_map and ours.chat_template == auto.chat_template
+    text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
+    assert ours(text, return_offsets_mapping=True).data == auto(text, return_offsets_mapping=True).data
+    assert ours.backend_tokenizer.to_str() == auto.backend_tokenizer.to_str()
+
+
+def test_data_check_starts_without_torch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "Q?", "output": "A."}\n')
+    probe = (
+        "import sys, runpy; sys.argv = ['kubetune', 'data', 'check', sys.argv[1], '--model', sys.argv[2], "
+        "'--no-preview']\ntry:\n    runpy.run_module('kubetune.cli', run_name='__main__')\nexcept SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\nprint('torch imported:', 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(data), str(tiny_model_dir)], capture_output=True, text=True, check=True
+    )
+    assert "torch imported: False" in done.stdout
