@@ -12,7 +12,8 @@ Measured, each from a fresh cache so nothing is reused, packing off (LLaMA-Facto
   in a subprocess of its own venv, with the same tokenizer dir, template `chatml` (the tiny
   tokenizer's own template, same text), cutoff_len 1024 and a dataset_info.json the bench writes;
   imports and tokenizer load included, its default of one process.
-The bench asserts that LLaMA-Factory and the prepare step produce the same number of tokens.
+The bench asserts that LLaMA-Factory and the prepare step produce the same number of tokens. It also
+prints the CPU time of each (all its processes), which other load on a shared machine disturbs less.
 
 LLaMA-Factory lives in its own venv, ~/.cache/kubetune-bench/lf-0.9.5 (KUBETUNE_BENCH_CACHE moves it),
 made on first use and reused after (it takes minutes): `pip install torch==2.13.0` first (the CPU
@@ -209,7 +210,7 @@ def run_check(paths: list[Path], model_dir: Path, cutoff: int) -> float:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the tokenizer worker processes)."""
+    """CPU time of this process and its finished children (workers, data check, LLaMA-Factory)."""
     import resource
 
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
@@ -257,12 +258,17 @@ def main() -> None:
             }
         )
         prepare_s = check_s = base_s = float("inf")
+        cpu = {"prepare": float("inf"), "check": float("inf"), "base": float("inf")}
         base_tokens: int | None = None
         for attempt in range(args.repeat):
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), cpu_seconds()
             prepared = prepare_data(spec, tokenizer, cache_dir=tmp / f"cache-{attempt}", num_proc=args.num_proc)
             prepare_s = min(prepare_s, time.perf_counter() - start)
+            cpu["prepare"] = min(cpu["prepare"], cpu_seconds() - cpu0)
+            cpu0 = cpu_seconds()
             check_s = min(check_s, run_check(paths, model_dir, args.cutoff_len))
+            cpu["check"] = min(cpu["check"], cpu_seconds() - cpu0)
+            cpu0 = cpu_seconds()
             if lf is not None:
                 result = run_lf(lf, tmp, model_dir, paths, args.cutoff_len)
                 base_s, base_tokens = min(base_s, result["wall"]), result["tokens"]
@@ -271,6 +277,7 @@ def main() -> None:
                 start = time.perf_counter()
                 naive(paths, tokenizer, args.cutoff_len)
                 base_s = min(base_s, time.perf_counter() - start)
+            cpu["base"] = min(cpu["base"], cpu_seconds() - cpu0)
         start = time.perf_counter()
         prepare_data(spec, tokenizer, cache_dir=tmp / "cache-0")
         reload_s = time.perf_counter() - start
@@ -289,6 +296,11 @@ def main() -> None:
     if lf is not None:
         print(f"  (LLaMA-Factory's own timer, imports included, interpreter start not: {lf_inside:.2f} s)")
     print(f"ratio vs {base}: prepare step {base_s / prepare_s:.1f}x, data check {base_s / check_s:.1f}x (goal >= 5x)")
+    print(
+        f"cpu time (all processes; other load disturbs it less than wall time): prepare step {cpu['prepare']:.1f} s, "
+        f"data check {cpu['check']:.1f} s, {base} {cpu['base']:.1f} s -> ratios "
+        f"{cpu['base'] / cpu['prepare']:.1f}x and {cpu['base'] / cpu['check']:.1f}x"
+    )
     print(f"cache reload (another rank / a restart): {reload_s:.2f} s")
     if base_tokens is not None:
         assert base_tokens == summary["totalTokens"], f"tokens differ: LF {base_tokens}, ours {summary['totalTokens']}"
