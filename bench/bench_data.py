@@ -146,7 +146,8 @@ def lf_python() -> Path | None:
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [*pip, f"torch=={LF_TORCH}"],
-        [*pip, f"llamafactory=={LF_VERSION}"],
+        # torch pinned again: the torchvision/torchaudio it pulls would bring a newer one
+        [*pip, f"llamafactory=={LF_VERSION}", f"torch=={LF_TORCH}"],
         [str(python), "-m", "pip", "uninstall", "-y", "-q", "torchvision", "torchaudio"],
     ]
     for step in steps:
