@@ -14,6 +14,8 @@ from kubetune.api.v1alpha1 import Stage
 
 ORDER = 40
 
+# Tokenizer classes AutoTokenizer loads as named (see _from_pretrained).
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 # Files a tokenizer needs; weights are not downloaded for a data check.
 _WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".onnx")
 
@@ -66,10 +68,14 @@ def register(subparsers: Any) -> None:
         help="LLaMA-Factory sharegpt tag mapping, e.g. --tag role_tag=role --tag assistant_tag=bot",
     )
     check.add_argument(
+        "-j",
+        "--workers",
         "--preprocessing-workers",
+        dest="preprocessing_workers",
         type=int,
         metavar="N",
-        help="processes that tokenize, as data.preprocessingWorkers (default one per 4000 rows, at most 8)",
+        help="processes that tokenize, as data.preprocessingWorkers (default: one per 4000 rows, at most 8 "
+        "and the CPUs this container may use: its CPU limit, not the machine's count)",
     )
     check.add_argument("--endpoint-url", help="S3 endpoint (MinIO/Ceph/SeaweedFS); default AWS_ENDPOINT_URL")
     check.add_argument("--region", help="S3 region")
@@ -105,19 +111,44 @@ def _argument_location(value: str) -> str:
 
 
 def _load_tokenizer(model: str, opts: Any) -> Any:
-    from transformers import AutoTokenizer
-
     from kubetune import storage
 
     if location_kind(model) != "s3":
-        return AutoTokenizer.from_pretrained(local_path(model) if location_kind(model) == "path" else model)
+        return _from_pretrained(str(local_path(model)) if location_kind(model) == "path" else model)
     tmp = Path(tempfile.mkdtemp(prefix="kubetune-tokenizer-"))
     base = model.rstrip("/") + "/"
     for uri in storage.list_files(base, opts):
         rel = uri[len(base) :]
         if "/" not in rel and not rel.endswith(_WEIGHTS):
             storage.download(uri, tmp / rel, opts)
-    return AutoTokenizer.from_pretrained(tmp)
+    return _from_pretrained(str(tmp))
+
+
+def _from_pretrained(model: str) -> Any:
+    """The tokenizer AutoTokenizer loads; by its class directly when the folder names the generic one.
+
+    Importing AutoTokenizer imports the model configuration classes and torch with them: most of a data
+    check's start-up (3.7 s of CPU against 0.6 s). A tokenizer_config.json that names TokenizersBackend
+    (what transformers 5 saves) or PreTrainedTokenizerFast, with a tokenizer.json and no custom code, is
+    loaded as that class by AutoTokenizer too.
+    """
+    folder = Path(model)
+    try:
+        declared = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        declared = {}
+    if (
+        isinstance(declared, dict)
+        and declared.get("tokenizer_class") in _GENERIC_TOKENIZERS
+        and "auto_map" not in declared
+        and (folder / "tokenizer.json").is_file()
+    ):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(model)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@ def _restarting_positions(row_offsets: np.ndarray, example_offsets: np.ndarray) 
     total = int(example_offsets[-1]) - int(example_offsets[0])
     starts = example_offsets[:-1] - example_offsets[0]
     lengths = np.diff(example_offsets)
-    positions = np.arange(total, dtype=np.int32) - np.repeat(starts, lengths).astype(np.int32)
+    positions = np.arange(total, dtype=np.int32)
+    positions -= np.repeat(starts.astype(np.int32), lengths)  # int32 throughout: no 64-bit copy of every token
     rebased = (row_offsets - row_offsets[0]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(rebased), pa.array(positions))
 

@@ -6,12 +6,9 @@ the same reading, validation and tokenization, so a file that passes the check t
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import itertools
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +20,7 @@ import numpy as np
 from kubetune import storage as st
 from kubetune.api.locations import location_kind
 from kubetune.api.v1alpha1 import ColumnMapping, TagMapping
+from kubetune.trainer.data import encode as enc
 from kubetune.trainer.data import packing as pk
 from kubetune.trainer.data.cache import CacheEntry, cache_key, tokenizer_fingerprint
 from kubetune.trainer.data.errors import DataValidationError
@@ -44,8 +42,6 @@ log = logging.getLogger("kubetune.data")
 
 # Rows sampled to detect a dataset's format.
 _DETECT_ROWS = 200
-# Below this many rows, worker processes cost more than they save.
-_ROWS_PER_WORKER = 4000
 # Default data.maxRowCharacters: 64 per token of cutoffLen, and at least 256 Ki. A token rarely spans more
 # than a few characters, so a longer row would mostly be cut away, while tokenizing a row whole takes about
 # 200 bytes per character (an 8 MB row took 2.1 GB in `data check`; 256 Ki characters take about 50 MB).
@@ -234,48 +230,23 @@ def _tokenize(
     cutoff_len: int,
     train_on: str,
     num_proc: int | None,
-    fingerprint: str,
     kind: Kind = SFT,
 ) -> Any:
-    import datasets
-
-    table = kind.columns(convs)
-    ds = datasets.Dataset(table)
-    if num_proc is None:
-        num_proc = min(os.cpu_count() or 1, 8, max(1, len(convs) // _ROWS_PER_WORKER))
-    features = datasets.Features(
-        {
-            **{name: datasets.List(datasets.Value("int32")) for name in kind.token_columns},
-            "n_full": datasets.Value("int32"),
-            "trainable": datasets.Value("int32"),
-            "status": datasets.Value("int8"),
-            "error": datasets.Value("string"),
-        }
-    )
-    log.info("tokenizing %d %s (%d processes)", len(convs), kind.noun, max(num_proc, 1))
-    fn = functools.partial(
-        kind.encode, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
-    )
-    return ds.map(
-        fn,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc if num_proc > 1 else None,
-        remove_columns=table.column_names,
-        features=features,
-        new_fingerprint=fingerprint,  # hashing the tokenizer for datasets' own cache is slow and useless here
-        desc="tokenizing",
+    workers = num_proc if num_proc is not None else enc.default_workers(len(convs))
+    log.info("tokenizing %d %s (%d processes)", len(convs), kind.noun, max(workers, 1))
+    return enc.encode(
+        convs, kind, workers, tokenizer=tokenizer, template=template, cutoff_len=cutoff_len, train_on=train_on
     )
 
 
 def _account(encoded: Any, origins: list[tuple[str, int]], report: DataReport) -> np.ndarray:
     """Record truncated/dropped/failed examples; return the indices of the examples that train."""
-    status = np.asarray(encoded.data.column("status").to_numpy(), dtype=np.int8)
-    errors = encoded.data.column("error").to_pylist() if np.any(status >= DROPPED) else []
+    status = np.asarray(encoded.column("status").to_numpy(), dtype=np.int8)
+    errors = encoded.column("error").to_pylist() if np.any(status >= DROPPED) else []
     for idx in np.nonzero(status == TRUNCATED)[0].tolist():
         report.truncated += 1
         if len(report.truncated_rows) < MAX_LISTED:
-            n_full = int(encoded.data.column("n_full")[idx].as_py())
+            n_full = int(encoded.column("n_full")[idx].as_py())
             file, row = origins[idx]
             report.truncated_rows.append(RowProblem(file, row, f"{n_full} tokens, cut to cutoffLen"))
     for idx in np.nonzero(status == DROPPED)[0].tolist():
@@ -343,7 +314,7 @@ def prepare_data(
     entry.clear_failed()
     try:
         workers = num_proc if num_proc is not None else spec.data.preprocessing_workers
-        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, key, kind)
+        report, train, eval_ = _build(spec, tokenizer, template, sources, workers, kind)
     except DataValidationError as exc:
         entry.mark_failed(str(exc))
         raise
@@ -386,7 +357,6 @@ def _build(
     template: ChatTemplate,
     sources: list[_Source],
     num_proc: int | None,
-    key: str,
     kind: Kind,
 ) -> tuple[DataReport, Any, Any | None]:
     data, training = spec.data, spec.training
@@ -399,12 +369,12 @@ def _build(
     train_convs, train_origins = _mix([c for c in checked if c.split == "train"], data.mix)
     eval_convs, eval_origins = _mix([c for c in checked if c.split == "validation"], data.mix)
     cutoff, train_on = training.cutoff_len, data.train_on
-    train = _tokenize(train_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-train", kind)
+    train = _tokenize(train_convs, tokenizer, template, cutoff, train_on, num_proc, kind)
     keep_train = _account(train, train_origins, report)
     eval_ = None
     keep_eval = np.zeros(0, dtype=np.int64)
     if eval_convs:
-        eval_ = _tokenize(eval_convs, tokenizer, template, cutoff, train_on, num_proc, f"{key}-eval", kind)
+        eval_ = _tokenize(eval_convs, tokenizer, template, cutoff, train_on, num_proc, kind)
         keep_eval = _account(eval_, eval_origins, report)
     _fail_if_invalid(report, data.invalid_rows)  # template failures found while tokenizing
 
@@ -447,7 +417,7 @@ def _fail_if_invalid(report: DataReport, policy: str) -> None:
 def _kept_table(encoded: Any, keep: np.ndarray, kind: Kind) -> Any:
     import pyarrow as pa
 
-    table = encoded.data.table.select([*kind.token_columns, "trainable"])
+    table = encoded.select([*kind.token_columns, "trainable"])
     if len(keep) == table.num_rows:  # the usual case: every example trains, and take() would copy them all
         return table
     return table.take(pa.array(keep, type=pa.int64()))
@@ -488,6 +458,8 @@ def _packing_stats(lengths: np.ndarray, training: Any) -> dict[str, Any]:
             "padToCutoff": round(pk.padding_fraction(lengths, 1, seed, pad_to=cutoff), 4),
         },
     }
+    if not training.packing:  # the bins are the costly part, and only packing needs them
+        return stats
     bins = pk.best_fit_decreasing(lengths, cutoff)
     packed_lengths = np.array([int(lengths[b].sum()) for b in bins], dtype=np.int64)
     stats["packed"] = {
@@ -572,10 +544,7 @@ def check_file(
     checked = _check_source(src, report, max_chars, kind)
     preview = "no valid row to preview"
     if checked.convs:
-        with _quiet_progress():
-            encoded = _tokenize(
-                checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, f"check-{os.getpid()}", kind
-            )
+        encoded = _tokenize(checked.convs, tokenizer, template, cutoff_len, train_on, num_proc, kind)
         keep = _account(encoded, checked.origins, report)
         table = _kept_table(encoded, keep, kind)
         _count_tokens(report, [table], kind)
@@ -587,16 +556,3 @@ def check_file(
                 tokenizer, template, checked.convs[first], encoded_row, checked.origins[first], train_on
             )
     return report, preview
-
-
-@contextlib.contextmanager
-def _quiet_progress() -> Iterator[None]:
-    import datasets
-
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was:
-            datasets.enable_progress_bars()
