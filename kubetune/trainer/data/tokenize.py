@@ -194,14 +194,21 @@ def render_preview(
     chat = chat_messages(conv.messages)
     text, _ = assistant_spans(template, chat, tools, dict(tokenizer.special_tokens_map), train_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
+    ids = enc["input_ids"][: len(labels)]
+    token_texts = [text[a:b] for a, b in enc["offset_mapping"][: len(labels)]]
+    if len(ids) < len(labels):  # efficient_eos: the eos appended after the last answer
+        ids, token_texts = [*ids, tokenizer.eos_token_id], [*token_texts, tokenizer.eos_token]
     trained = [lab != IGNORE for lab in labels]
     pieces, inside = [], False
-    for (a, b), t in zip(offsets, trained, strict=True):
-        if t != inside:
+    for piece, tid, lab in zip(token_texts, ids, labels, strict=True):
+        t = lab != IGNORE and lab == tid
+        if lab != IGNORE and lab != tid:  # efficient_eos: an eos label on the next turn's first token
+            pieces += [*(["]]"] if inside else []), f"[[{tokenizer.decode([lab])}]]"]
+            inside = False
+        elif t != inside:
             pieces.append("[[" if t else "]]")
             inside = t
-        pieces.append(text[a:b])
+        pieces.append(piece)
     if inside:
         pieces.append("]]")
     n_trained = sum(trained)
@@ -212,6 +219,6 @@ def render_preview(
         "",
         f"{'#':>5} {'id':>7} {'label':>7}  token",
     ]
-    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
-        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
+    for i, (piece, tid, lab) in enumerate(zip(token_texts, ids, labels, strict=True)):
+        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {piece!r}")
     return "\n".join(lines)

@@ -153,3 +153,15 @@ def test_the_data_report_does_not_warn_that_an_efficient_eos_template_never_stop
         report = DataReport()
         _template_info(resolve_template(name, tokenizer), tokenizer, report)
         assert any("will not learn to stop" in w for w in report.warnings) == warns, name
+
+
+def test_data_check_previews_the_eos_labels(tokenizer: Any, write_jsonl: Any) -> None:
+    """The eos label on the next turn's first token shows as [[eos]] before that (untrained) token, and
+    the appended eos as a trained token."""
+    from kubetune.trainer.data.pipeline import check_file
+
+    path = write_jsonl("d.jsonl", [{"messages": CONV}])
+    report, preview = check_file(str(path), tokenizer, resolve_template("glm4", tokenizer), cutoff_len=4096)
+    assert report.train_examples == 1
+    eos = tokenizer.eos_token
+    assert f"[[\nThe answer is 4.]][[{eos}]]<|user|>\nAnd 3+3?<|assistant|>[[\nIt is 6.{eos}]]" in preview
