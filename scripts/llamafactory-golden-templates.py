@@ -5,15 +5,21 @@ For every named template of ours and a few conversations (plain, multi-turn, wit
 with a <think> block; and with tools: a single call, a call with its result and the final answer,
 parallel calls, a system prompt with tools), it records the (prompt, response) text pairs
 LLaMA-Factory's `Template.encode_multiturn` produces, the pairs whose response part carries loss.
+For the `efficient_eos` templates (glm4, gemma2), whose labels are not the response text's own
+pieces, it also records what LLaMA-Factory's supervised processor (`_encode_data_example`) makes of
+each conversation: its input and label pieces, an eos label where each next prompt starts and an
+eos appended. A conversation LLaMA-Factory refuses (glm4's parallel calls) is recorded as its error.
 For the first rows of LLaMA-Factory's glaive_toolcall_en_demo.json (the committed excerpt) it
 records a digest of those pairs per row under qwen, qwen3, chatml and llama3. The unit tests
 (tests/unit/llamafactory/test_lf_templates.py) compare our rendering against this file and do not
 need LLaMA-Factory.
 
-LLaMA-Factory is not installed for this: its data/template.py, formatter.py, tool_utils.py and
-data_utils.py are read from a git checkout or mirror at the given revision and run as they are, with
-two small stand-ins (its logger, and mm_plugin, which only multimodal rows use); llama3's tool
-prompt, which holds the day it runs, is given a fixed day (TOOL_DATE). The tokenizer is a
+LLaMA-Factory is not installed for this: its data/template.py, formatter.py, tool_utils.py,
+data_utils.py, processor/processor_utils.py and processor/supervised.py are read from a git checkout
+or mirror at the given revision and run as they are, with small stand-ins (its logger, its
+constants' IGNORE_INDEX, and mm_plugin, which only multimodal rows use and which here passes
+messages and ids through); llama3's tool prompt, which holds the day it runs, is given a fixed day
+(TOOL_DATE). The tokenizer is a
 stand-in too: it "encodes" a text piece as itself and bos/eos as "<s>"/"</s>", so joining the ids
 gives the text LLaMA-Factory tokenizes, piece by piece.
 
@@ -118,7 +124,15 @@ def load_templates(lf_repo: str, rev: str) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp()) / "llamafactory"
     (root / "data").mkdir(parents=True)
     (root / "extras").mkdir()
-    for name in ("template", "formatter", "tool_utils", "data_utils"):
+    (root / "data" / "processor").mkdir()
+    for name in (
+        "template",
+        "formatter",
+        "tool_utils",
+        "data_utils",
+        "processor/processor_utils",
+        "processor/supervised",
+    ):
         source = subprocess.run(
             ["git", "-C", lf_repo, "show", f"{rev}:src/llamafactory/data/{name}.py"],
             check=True,
@@ -126,9 +140,9 @@ def load_templates(lf_repo: str, rev: str) -> dict[str, Any]:
             text=True,
         ).stdout
         (root / "data" / f"{name}.py").write_text(source)
-    (root / "__init__.py").write_text("")
-    (root / "data" / "__init__.py").write_text("")
-    (root / "extras" / "__init__.py").write_text("")
+    for package in ("", "data", "data/processor", "extras"):
+        (root / package / "__init__.py").write_text("")
+    (root / "extras" / "constants.py").write_text("IGNORE_INDEX = -100\n")
     (root / "extras" / "logging.py").write_text(
         "class _Logger:\n"
         "    def __getattr__(self, name):\n"
@@ -136,7 +150,15 @@ def load_templates(lf_repo: str, rev: str) -> dict[str, Any]:
         "def get_logger(name=None):\n"
         "    return _Logger()\n"
     )
-    (root / "data" / "mm_plugin.py").write_text("def get_mm_plugin(*args, **kwargs):\n    return None\n")
+    (root / "data" / "mm_plugin.py").write_text(
+        "class _TextOnly:\n"
+        "    def process_messages(self, messages, *args):\n"
+        "        return messages\n"
+        "    def process_token_ids(self, input_ids, labels, *args):\n"
+        "        return input_ids, labels\n"
+        "def get_mm_plugin(*args, **kwargs):\n"
+        "    return _TextOnly()\n"
+    )
     sys.path.insert(0, str(root.parent))
     tool_utils = __import__("llamafactory.data.tool_utils", fromlist=["datetime"])
 
@@ -149,6 +171,28 @@ def load_templates(lf_repo: str, rev: str) -> dict[str, Any]:
     module = __import__("llamafactory.data.template", fromlist=["TEMPLATES"])
     templates: dict[str, Any] = module.TEMPLATES
     return templates
+
+
+def supervised_encoder(templates: dict[str, Any], tokenizer: PieceTokenizer) -> Any:
+    """LLaMA-Factory's SupervisedDatasetProcessor._encode_data_example (default data arguments, no cutoff)."""
+    import types
+
+    supervised = __import__("llamafactory.data.processor.supervised", fromlist=["SupervisedDatasetProcessor"])
+    data_args = types.SimpleNamespace(cutoff_len=1 << 20, mask_history=False, train_on_prompt=False)
+
+    def encode(name: str, messages: list[dict[str, str]], system: str, tools: str | None) -> dict[str, Any]:
+        processor = supervised.SupervisedDatasetProcessor(
+            template=templates[name], tokenizer=tokenizer, processor=None, data_args=data_args
+        )
+        try:
+            ids, labels = processor._encode_data_example(
+                messages[:-1], messages[-1:], system or None, tools, [], [], []
+            )
+        except ValueError as exc:
+            return {"error": str(exc)}
+        return {"input_ids": ids, "labels": labels}
+
+    return encode
 
 
 def main() -> int:
@@ -168,17 +212,22 @@ def main() -> int:
         "tool_cases": TOOL_CASES,
         "templates": {},
         "glaive": {},
+        "supervised": {},
     }
+    supervised = supervised_encoder(templates, tokenizer)
 
-    def encode(name: str, messages: list[dict[str, str]], system: str, tools: str | None) -> list[list[str]]:
-        pairs = templates[name].encode_multiturn(tokenizer, messages, system or None, tools)
+    def encode(name: str, messages: list[dict[str, str]], system: str, tools: str | None) -> list[list[str]] | str:
+        try:
+            pairs = templates[name].encode_multiturn(tokenizer, messages, system or None, tools)
+        except ValueError as exc:  # a conversation the template refuses: its error
+            return str(exc)
         return [["".join(prompt), "".join(response)] for prompt, response in pairs]
 
-    for name in LAYOUTS:
-        per_case = {case: encode(name, messages, system, None) for case, (messages, system) in CASES.items()}
-        for case, (messages, system, tools) in TOOL_CASES.items():
-            per_case[case] = encode(name, messages, system, tools)
-        golden["templates"][name] = per_case
+    for name, layout in LAYOUTS.items():
+        cases = {case: (messages, system, None) for case, (messages, system) in CASES.items()} | TOOL_CASES
+        golden["templates"][name] = {case: encode(name, *conversation) for case, conversation in cases.items()}
+        if layout.efficient_eos:
+            golden["supervised"][name] = {case: supervised(name, *conversation) for case, conversation in cases.items()}
     rows = json.loads(GLAIVE.read_text(encoding="utf-8"))
     for name in GLAIVE_TEMPLATES:
         digests = []

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -425,7 +425,9 @@ def _probe(cfg: RunConfig, template: Any, tokenizer: Any) -> Probe:
 
     messages = _training_conversation(cfg) or PROBE_MESSAGES
     batch: dict[str, list[Any]] = {"messages": [messages], "tools": [None]}
-    encoded = encode_batch(batch, tokenizer=tokenizer, template=template, cutoff_len=1 << 30, train_on="all")
+    # The text alone: the eos an efficient_eos template appends is a label, not text its chat template renders.
+    text_only = replace(template, efficient_eos=False)
+    encoded = encode_batch(batch, tokenizer=tokenizer, template=text_only, cutoff_len=1 << 30, train_on="all")
     return Probe(messages=messages, input_ids=[int(i) for i in encoded["input_ids"][0]])
 
 

@@ -12,8 +12,9 @@ list into the system slot (its `ToolFormatter`) and the calls of a function turn
 function turn fills the template's function slot and a tool result its observation slot, both the
 assistant and user slots unless the template has its own.
 
-Not here: the `efficient_eos` templates (glm4, chatglm3, gemma2), whose labels are not the text's
-own tokens (an eos label where the next turn starts).
+LLaMA-Factory's `efficient_eos` templates (glm4, gemma2) leave the eos out of the answer's text:
+`Layout.efficient_eos` says so, and the labelling (`kubetune.trainer.data.tokenize`) puts LLaMA-Factory's
+eos label where the next turn starts, and after the last answer.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class Layout:
     observation: str | None = None
     # A key of TOOL_FORMATS: how the tools list and the calls are written.
     tool_format: str = "default"
+    # LLaMA-Factory's efficient_eos: no eos in the text; the token after each trained answer is labelled
+    # eos (the next turn's first token, or an eos appended after the last answer).
+    efficient_eos: bool = False
+    # LLaMA-Factory's other stop words: generation stops on them too (they start the next turn).
+    more_stops: tuple[str, ...] = ()
 
 
 _CHATML_USER = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
@@ -63,6 +69,17 @@ _GEMMA = Layout(
     stop="<end_of_turn>",
     system_in_first_user=True,
     observation="<start_of_turn>tool\n{content}<end_of_turn>\n<start_of_turn>model\n",
+)
+_GLM4 = Layout(
+    user="<|user|>\n{content}<|assistant|>",
+    assistant="\n{content}",
+    system="<|system|>\n{content}",
+    prefix="[gMASK]<sop>",
+    function="{content}",
+    observation="<|observation|>\n{content}<|assistant|>",
+    tool_format="glm4",
+    efficient_eos=True,
+    more_stops=("<|user|>", "<|observation|>"),
 )
 _DEEPSEEK3 = Layout(user="<｜User｜>{content}<｜Assistant｜>", prefix="{bos}")
 
@@ -135,7 +152,9 @@ LAYOUTS: dict[str, Layout] = {
         tool_format="mistral",
     ),
     "gemma": _GEMMA,
+    "gemma2": replace(_GEMMA, stop="eos", efficient_eos=True, more_stops=("<end_of_turn>",)),
     "gemma3": _GEMMA,
+    "glm4": _GLM4,
     "deepseek": Layout(user="User: {content}\n\nAssistant:", system="{content}\n\n", prefix="{bos}"),
     "deepseek3": _DEEPSEEK3,
     "deepseekr1": Layout(user=_DEEPSEEK3.user, prefix="{bos}", empty_thought=True),
@@ -206,6 +225,10 @@ LLAMA3_TOOL_PROMPT = (
     "You have access to the following functions. To call a function, please respond with JSON for a function call. "
     """Respond in the format {{"name": function name, "parameters": dictionary of argument name and its value}}. """
     "Do not use variables.\n\n{tool_text}"
+)
+GLM4_TOOL_PROMPT = (
+    "你是一个名为 ChatGLM 的人工智能助手。你是基于智谱 AI 公司训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具{tool_text}"
 )
 QWEN_TOOL_PROMPT = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -302,6 +325,16 @@ TOOL_FORMATS: dict[str, ToolFormat] = {
         prompt="'[AVAILABLE_TOOLS] ' + (tt.items | tojson) + '[/AVAILABLE_TOOLS]'",
         each_call="{%- set cc.items = cc.items + [{'name': f['name'], 'arguments': f['arguments']}] -%}",
         calls="{%- set cc.text = cc.items | tojson -%}",
+    ),
+    # GLM-4 writes one call as its name and arguments on two lines, and refuses parallel calls.
+    "glm4": ToolFormat(
+        each_tool=f"{{%- set t = {_UNWRAPPED} -%}}"
+        "{%- set tt.text = tt.text + '\\n\\n## ' + t['name'] + '\\n\\n' + (t | tojson(indent=4))"
+        " + '\\n在调用上述函数时，请使用 Json 格式表示调用的参数。' -%}",
+        prompt=_fill(GLM4_TOOL_PROMPT, tool_text="tt.text"),
+        each_call="{%- set cc.items = cc.items + [f] -%}",
+        calls="{%- if cc.items | length > 1 -%}{{ raise_exception('GLM-4 does not support parallel functions.') }}"
+        "{%- endif -%}{%- set cc.text = cc.items[0]['name'] + '\\n' + (cc.items[0]['arguments'] | tojson) -%}",
     ),
     # phi4_mini's format_tools is a plain slot around the tools column's JSON; its calls are the default's.
     "phi4_mini": ToolFormat(

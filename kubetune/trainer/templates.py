@@ -32,6 +32,8 @@ class ChatTemplate:
     name: str
     jinja: str
     stop_tokens: list[str] = field(default_factory=list)
+    # The layout's efficient_eos: the labelling adds eos labels the text does not hold (see tokenize).
+    efficient_eos: bool = False
 
     def apply_to(self, tokenizer: Any) -> None:
         """Make `tokenizer` format and stop exactly as training did (call before saving it)."""
@@ -76,11 +78,13 @@ def resolve_template(name: str, tokenizer: Any) -> ChatTemplate:
         raise TemplateError(f"unknown template '{name}': pick one of {', '.join(TEMPLATE_NAMES)}")
     if name == "auto":
         return _tokenizer_template(tokenizer)
-    stop = LAYOUTS[name].stop
+    layout = LAYOUTS[name]
+    stop = layout.stop
     jinja = named_jinja(name)
-    if (stop == "eos" or "eos_token" in jinja) and not tokenizer.eos_token:
+    if (stop == "eos" or "eos_token" in jinja or layout.efficient_eos) and not tokenizer.eos_token:
         raise TemplateError(f"template '{name}' ends assistant turns with the eos token, but the tokenizer has none")
-    return ChatTemplate(name=name, jinja=jinja, stop_tokens=[tokenizer.eos_token if stop == "eos" else stop])
+    stops = [tokenizer.eos_token if stop == "eos" else stop, *layout.more_stops]
+    return ChatTemplate(name=name, jinja=jinja, stop_tokens=stops, efficient_eos=layout.efficient_eos)
 
 
 def _tokenizer_template(tokenizer: Any) -> ChatTemplate:

@@ -487,7 +487,9 @@ def _template_info(template: ChatTemplate, tokenizer: Any, report: DataReport) -
     sample = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
     text, spans = assistant_spans(template, sample, None, dict(tokenizer.special_tokens_map), "assistant")
     answer = text[spans[0][0] : spans[0][1]].rstrip()
-    if template.stop_tokens and not any(answer.endswith(s) for s in template.stop_tokens):
+    # An efficient_eos template's stop is a label after the answer (tokenize), not text in it.
+    stops = not template.efficient_eos and template.stop_tokens
+    if stops and not any(answer.endswith(s) for s in template.stop_tokens):
         report.warnings.append(
             f"template '{template.name}' does not end an assistant turn with {template.stop_tokens[0]}: "
             "the model will not learn to stop"

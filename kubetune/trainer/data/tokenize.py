@@ -9,6 +9,10 @@ first character lies inside an assistant span.
 The first token of every example never carries loss: nothing precedes it, and in a packed row the
 model's shifted loss would otherwise predict it from the previous example's last token.
 
+An `efficient_eos` template (LLaMA-Factory's glm4, gemma2) has no eos in its text: as LLaMA-Factory
+does, the token after each trained answer (the next turn's first) is labelled eos, and an eos is
+appended after the last answer, labelled too. Truncation keeps whole answers with their eos label.
+
 `render_preview` shows one example so encoded, with its label mask, for `kubetune data check`.
 """
 
@@ -92,8 +96,13 @@ def encode_batch(
         if error:
             _append(out, [], [], 0, FAILED, error)
             continue
-        _encode_one(out, enc, len(text), span, cutoff_len, train_on)
+        _encode_one(out, enc, len(text), span, cutoff_len, train_on, _efficient_eos(template, tokenizer))
     return out
+
+
+def _efficient_eos(template: ChatTemplate, tokenizer: Any) -> int | None:
+    """The eos id an efficient_eos template labels with; None for the others."""
+    return int(tokenizer.eos_token_id) if template.efficient_eos else None
 
 
 def _append(out: dict[str, list[Any]], ids: list[int], labels: list[int], n_full: int, status: int, error: str) -> None:
@@ -116,18 +125,27 @@ def _first_token_from(enc: Any, char: int, text_len: int, n_tokens: int) -> int:
 
 
 def _encode_one(
-    out: dict[str, list[Any]], enc: Any, text_len: int, spans: list[tuple[int, int]], cutoff_len: int, train_on: str
+    out: dict[str, list[Any]],
+    enc: Any,
+    text_len: int,
+    spans: list[tuple[int, int]],
+    cutoff_len: int,
+    train_on: str,
+    eos_label: int | None = None,
 ) -> None:
     ids: list[int] = enc.ids
-    n_full = len(ids)
+    n_text = len(ids)
     token_spans = [
-        (_first_token_from(enc, a, text_len, n_full), _first_token_from(enc, b, text_len, n_full)) for a, b in spans
+        (_first_token_from(enc, a, text_len, n_text), _first_token_from(enc, b, text_len, n_text)) for a, b in spans
     ]
-    labels = [IGNORE] * n_full
+    labels = [IGNORE] * n_text
     for a, b in token_spans:
         labels[a:b] = ids[a:b]
-    if n_full:
+    if n_text:
         labels[0] = IGNORE
+    if eos_label is not None:
+        ids, labels, token_spans = _label_eos(ids, labels, token_spans, eos_label)
+    n_full = len(ids)
     status = OK
     if n_full > cutoff_len:
         status = TRUNCATED
@@ -148,6 +166,21 @@ def _encode_one(
     _append(out, ids, labels, n_full, status, "")
 
 
+def _label_eos(
+    ids: list[int], labels: list[int], spans: list[tuple[int, int]], eos: int
+) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """LLaMA-Factory's efficient_eos labels: eos on the token after each trained answer (the next turn's
+    first token keeps its id), and an eos appended after the last one. Each span then ends after its eos
+    label, so truncation keeps an answer only with the label that teaches it to stop."""
+    ids, labels = list(ids), list(labels)
+    if spans and spans[-1][1] == len(ids):
+        ids.append(eos)
+        labels.append(eos)
+    for _, b in spans:
+        labels[b] = eos
+    return ids, labels, [(a, b + 1) for a, b in spans]
+
+
 def render_preview(
     tokenizer: Any,
     template: ChatTemplate,
@@ -161,14 +194,21 @@ def render_preview(
     chat = chat_messages(conv.messages)
     text, _ = assistant_spans(template, chat, tools, dict(tokenizer.special_tokens_map), train_on)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"][: len(labels)], enc["offset_mapping"][: len(labels)]
+    ids = enc["input_ids"][: len(labels)]
+    token_texts = [text[a:b] for a, b in enc["offset_mapping"][: len(labels)]]
+    if len(ids) < len(labels):  # efficient_eos: the eos appended after the last answer
+        ids, token_texts = [*ids, tokenizer.eos_token_id], [*token_texts, tokenizer.eos_token]
     trained = [lab != IGNORE for lab in labels]
     pieces, inside = [], False
-    for (a, b), t in zip(offsets, trained, strict=True):
-        if t != inside:
+    for piece, tid, lab in zip(token_texts, ids, labels, strict=True):
+        t = lab != IGNORE and lab == tid
+        if lab != IGNORE and lab != tid:  # efficient_eos: an eos label on the next turn's first token
+            pieces += [*(["]]"] if inside else []), f"[[{tokenizer.decode([lab])}]]"]
+            inside = False
+        elif t != inside:
             pieces.append("[[" if t else "]]")
             inside = t
-        pieces.append(text[a:b])
+        pieces.append(piece)
     if inside:
         pieces.append("]]")
     n_trained = sum(trained)
@@ -179,6 +219,6 @@ def render_preview(
         "",
         f"{'#':>5} {'id':>7} {'label':>7}  token",
     ]
-    for i, ((a, b), tid, lab) in enumerate(zip(offsets, ids, labels, strict=True)):
-        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {text[a:b]!r}")
+    for i, (piece, tid, lab) in enumerate(zip(token_texts, ids, labels, strict=True)):
+        lines.append(f"{i:>5} {tid:>7} {lab if lab != IGNORE else '-':>7}  {piece!r}")
     return "\n".join(lines)

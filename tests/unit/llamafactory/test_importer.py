@@ -242,7 +242,7 @@ def test_datasets_resolve_through_dataset_info(tmp_path: Path, capsys: pytest.Ca
         ("quantization_bit: 4\nquantization_method: hqq\n", None, "quantization_method: only bnb"),
         ("deepspeed: my_ds.json\n", None, "deepspeed: 'my_ds.json' not found"),
         ("lr_scheduler_type: cosine_with_restarts\n", None, "lr_scheduler_type: 'cosine_with_restarts'"),
-        ("template: glm4\n", None, "template: 'glm4' is not a template kubetune has"),
+        ("template: chatglm3\n", None, "template: 'chatglm3' is not a template kubetune has"),
         ("template: qwen3\nenable_thinking: false\n", None, "enable_thinking: false with the reasoning template"),
         ("use_galore: true\n", None, "use_galore: is not supported"),
         (

@@ -6,7 +6,9 @@ scripts/llamafactory-golden-templates.py with LLaMA-Factory's own template code 
 `Template.encode_multiturn`, piece by piece): for each template and conversation, plain or with
 tools, the (prompt, response) text pairs whose response carries loss; and a digest of those pairs
 for each row of an excerpt of LLaMA-Factory's glaive_toolcall_en_demo.json under qwen, qwen3,
-chatml and llama3. Rerun the script after adding a template.
+chatml and llama3; and for the efficient_eos templates (glm4, gemma2) the input and label pieces of
+LLaMA-Factory's supervised processor, whose eos labels are not the text's own tokens.
+Rerun the script after adding a template.
 Our templates are jinja built from `kubetune.trainer.template_layouts`; these tests hold the two
 together, and need no LLaMA-Factory.
 """
@@ -47,6 +49,12 @@ def golden_pairs(name: str, case: str) -> list[tuple[str, str]]:
     return [(prompt, response) for prompt, response in GOLDEN["templates"][name][case]]
 
 
+def refused(name: str, case: str) -> str | None:
+    """LLaMA-Factory's error for a conversation the template cannot write (glm4's parallel calls)."""
+    entry = GOLDEN["templates"][name][case]
+    return entry if isinstance(entry, str) else None
+
+
 def with_system(messages: list[dict[str, str]], system: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, *messages] if system else messages
 
@@ -56,6 +64,8 @@ def test_the_golden_file_covers_every_named_template() -> None:
     assert set(GOLDEN["templates"]) == set(api.TEMPLATE_NAMES) - {"auto"}
     assert all(set(cases) == set(CASES) | set(TOOL_CASES) for cases in GOLDEN["templates"].values())
     assert set(TOOL_CASES) == {"single call", "call, result, answer", "parallel calls", "system and tools"}
+    assert set(GOLDEN["supervised"]) == {name for name, layout in LAYOUTS.items() if layout.efficient_eos}
+    assert set(GOLDEN["supervised"]) == {"glm4", "gemma2"}
 
 
 def expected_spans(pairs: list[tuple[str, str]]) -> list[tuple[int, int]]:
@@ -91,8 +101,13 @@ def test_named_template_trains_tool_calls_as_llamafactory_does(name: str, case: 
     """LLaMA-Factory's tool prompt in the system slot, its call format trained like an answer, the tool
     result as prompt in the template's observation slot."""
     chat, tools = tool_conversation(case)
-    pairs = golden_pairs(name, case)
     template = ChatTemplate(name=name, jinja=named_jinja(name))
+    error = refused(name, case)
+    if error:
+        with pytest.raises(Exception, match=error):
+            assistant_spans(template, chat, tools, SPECIAL, "assistant")
+        return
+    pairs = golden_pairs(name, case)
     text, spans = assistant_spans(template, chat, tools, SPECIAL, "assistant")
     assert text == "".join(p + r for p, r in pairs)
     assert spans == expected_spans(pairs)
@@ -191,33 +206,61 @@ def tokenizer(tiny_model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+def llamafactory_ids(name: str, case: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """LLaMA-Factory's ids and labels with a real tokenizer, from the golden pieces: each piece tokenized
+    on its own (as LLaMA-Factory encodes each slot), bos/eos pieces as the tokenizer's tokens."""
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
+    # Training writes today into llama3's tool prompt, as LLaMA-Factory does.
+    today = datetime.datetime.now().strftime("%d %b %Y")
+
+    def encode(piece: str) -> list[int]:
+        piece = piece.replace(BOS, bos).replace(EOS, eos).replace(GOLDEN["tool_date"], today)
+        return list(tokenizer.encode(piece, add_special_tokens=False))
+
+    ids: list[int] = []
+    labels: list[int] = []
+    if name not in GOLDEN["supervised"]:
+        for prompt, response in golden_pairs(name, case):
+            prompt_ids, response_ids = encode(prompt), encode(response)
+            ids += prompt_ids + response_ids
+            labels += [IGNORE] * len(prompt_ids) + response_ids
+        return ids, labels
+    # efficient_eos: a prompt piece may be labelled eos (LLaMA-Factory: [eos] + [IGNORE] * (len - 1)).
+    record = GOLDEN["supervised"][name][case]
+    for piece, label in zip(record["input_ids"], record["labels"], strict=True):
+        piece_ids = encode(piece)
+        ids += piece_ids
+        if label == IGNORE:
+            labels += [IGNORE] * len(piece_ids)
+        elif label == piece:
+            labels += piece_ids
+        else:
+            assert label == EOS, (piece, label)
+            labels += [tokenizer.eos_token_id] + [IGNORE] * (len(piece_ids) - 1)
+    return ids, labels
+
+
 @pytest.mark.parametrize("name", sorted(GOLDEN["templates"]))
 def test_ids_and_labels_are_llamafactorys(name: str, tokenizer: Any) -> None:
     """LLaMA-Factory tokenizes each prompt and answer on its own; we tokenize the whole text once.
     The tiny tokenizer has no bos token (LLaMA-Factory then adds none) and ends with <|im_end|>."""
-    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token
-    # Training writes today into llama3's tool prompt, as LLaMA-Factory does.
-    today = datetime.datetime.now().strftime("%d %b %Y")
     cases = {case: (messages, system, None) for case, (messages, system) in CASES.items()} | TOOL_CASES
+    template = resolve_template(name, tokenizer)
+    assert template.efficient_eos == (name in GOLDEN["supervised"])
     for case, (messages, system, tools) in cases.items():
-        ours = with_system(messages, system)
-        template = resolve_template(name, tokenizer)
         out = encode_batch(
-            {"messages": [ours], "tools": [tools]},
+            {"messages": [with_system(messages, system)], "tools": [tools]},
             tokenizer=tokenizer,
             template=template,
             cutoff_len=4096,
             train_on="assistant",
         )
-        ids, labels = [], []
-        for prompt, response in golden_pairs(name, case):
-            prompt, response = (
-                t.replace(BOS, bos).replace(EOS, eos).replace(GOLDEN["tool_date"], today) for t in (prompt, response)
-            )
-            prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
-            response_ids = tokenizer.encode(response, add_special_tokens=False)
-            ids += prompt_ids + response_ids
-            labels += [IGNORE] * len(prompt_ids) + response_ids
+        error = refused(name, case)
+        if error:
+            assert GOLDEN["supervised"].get(name, {}).get(case, {"error": error}) == {"error": error}
+            assert error in out["error"][0], case
+            continue
+        ids, labels = llamafactory_ids(name, case, tokenizer)
         assert out["error"][0] == "", case
         assert out["input_ids"][0] == ids, case
         assert out["labels"][0] == labels, case
