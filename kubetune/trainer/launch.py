@@ -97,13 +97,31 @@ def read_rank_codes(exit_dir: Path) -> list[int]:
     return [code for _, _, code in sorted(found)]
 
 
+# torchrun's defaults for a static rendezvous, kept for a single-node pod that gets no address.
+DEFAULT_MASTER = ("127.0.0.1", "29500")
+# Rendezvous settings (torchrun's --rdzv-conf): a worker pod may start long before the master pod
+# has pulled its image, and the c10d defaults (60 s to reach the store, 600 s to form a round) would
+# fail that pod and spend a Kubeflow restart on it.
+RENDEZVOUS_CONF = "join_timeout=1800,read_timeout=1800"
+
+
 def rendezvous_env(env: dict[str, str]) -> dict[str, str]:
-    """torchrun takes its rendezvous address from PET_MASTER_ADDR/PORT, which Kubeflow Trainer v2
-    sets; Kubeflow Training Operator v1 (and `kubetune run --local`) set MASTER_ADDR/PORT instead."""
+    """torchrun's rendezvous settings from the controller's environment.
+
+    Kubeflow Trainer v2 sets PET_MASTER_ADDR/PORT; Kubeflow Training Operator v1 (and `kubetune run
+    --local`) set MASTER_ADDR/PORT instead. The rendered command asks for a c10d rendezvous
+    (render/pod.py `torchrun_args`); its endpoint is the master's address, and node 0, the pod
+    behind that address, hosts the rendezvous store. Values already set in the environment win."""
     out = dict(env)
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var in env and f"PET_{var}" not in env:
             out[f"PET_{var}"] = env[var]
+    addr = out.get("PET_MASTER_ADDR") or DEFAULT_MASTER[0]
+    port = out.get("PET_MASTER_PORT") or DEFAULT_MASTER[1]
+    out.setdefault("PET_RDZV_ENDPOINT", f"{addr}:{port}")
+    # Explicit rather than guessed from the hostname: every local "node" is 127.0.0.1.
+    is_host = int(out.get("PET_NODE_RANK", "0") or "0") == 0
+    out.setdefault("PET_RDZV_CONF", f"{RENDEZVOUS_CONF},is_host={str(is_host).lower()}")
     return out
 
 
