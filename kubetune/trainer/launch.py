@@ -105,24 +105,45 @@ DEFAULT_MASTER = ("127.0.0.1", "29500")
 RENDEZVOUS_CONF = "join_timeout=1800,read_timeout=1800"
 
 
-def rendezvous_env(env: dict[str, str]) -> dict[str, str]:
+def rendezvous_env(env: dict[str, str], args: Sequence[str]) -> dict[str, str]:
     """torchrun's rendezvous settings from the controller's environment.
 
     Kubeflow Trainer v2 sets PET_MASTER_ADDR/PORT; Kubeflow Training Operator v1 (and `kubetune run
-    --local`) set MASTER_ADDR/PORT instead. The rendered command asks for a c10d rendezvous
-    (render/pod.py `torchrun_args`); its endpoint is the master's address, and node 0, the pod
-    behind that address, hosts the rendezvous store. Values already set in the environment win."""
+    --local`) set MASTER_ADDR/PORT instead. When torchrun's `args` ask for a c10d rendezvous (the
+    rendered command does: render/pod.py `torchrun_args`), its endpoint is the master's address, and
+    node 0, the pod behind that address, hosts the rendezvous store. Values already set in the
+    environment win."""
     out = dict(env)
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var in env and f"PET_{var}" not in env:
             out[f"PET_{var}"] = env[var]
+    if _option(args, "--rdzv-backend", env.get("PET_RDZV_BACKEND", "static")) != "c10d":
+        return out  # static: torchrun meets at PET_MASTER_ADDR/PORT itself
     addr = out.get("PET_MASTER_ADDR") or DEFAULT_MASTER[0]
     port = out.get("PET_MASTER_PORT") or DEFAULT_MASTER[1]
     out.setdefault("PET_RDZV_ENDPOINT", f"{addr}:{port}")
     # Explicit rather than guessed from the hostname: every local "node" is 127.0.0.1.
     is_host = int(out.get("PET_NODE_RANK", "0") or "0") == 0
     out.setdefault("PET_RDZV_CONF", f"{RENDEZVOUS_CONF},is_host={str(is_host).lower()}")
+    # A fresh store for each round's process group, hosted by that round's rank 0 worker. With the
+    # rendezvous store shared instead (torch's default), workers find each other under a key of
+    # their node's restart count, which differs between nodes when one agent restarted for a failure
+    # and another for the new round: those workers read the dead round's addresses and fail again.
+    out.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     return out
+
+
+def _option(args: Sequence[str], name: str, default: str) -> str:
+    """The value torchrun will see for option `name` (`--name=v` or `--name v`; `_` spellings too)."""
+    value = default
+    spellings = {name, name.replace("-", "_").replace("__", "--")}
+    for i, arg in enumerate(args):
+        if arg in ("-m", "--module") or not arg.startswith("-"):
+            break  # the rest belongs to the training script
+        key, eq, rest = arg.partition("=")
+        if key in spellings:
+            value = rest if eq else (args[i + 1] if i + 1 < len(args) else value)
+    return value
 
 
 def torchrun_path() -> str | None:
@@ -138,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return NOT_FOUND
     exit_dir = Path(tempfile.mkdtemp(prefix="kubetune-exit-"))
     try:
-        env = {**rendezvous_env(dict(os.environ)), "KUBETUNE_EXIT_DIR": str(exit_dir)}
+        env = {**rendezvous_env(dict(os.environ), args), "KUBETUNE_EXIT_DIR": str(exit_dir)}
         torchrun_code, interrupted = _run(torchrun, args, env)
         code = container_exit_code(torchrun_code, read_rank_codes(exit_dir), interrupted)
     finally:

@@ -14,6 +14,7 @@ from kubetune.render.trainjob import JOBSET_RESTARTS
 from kubetune.trainer.launch import rendezvous_env
 
 ROOT = Path(__file__).resolve().parents[3]
+ARGS = render.torchrun_args("ft")  # what the rendered pods run
 SETTINGS = render.RenderSettings()
 
 
@@ -47,12 +48,20 @@ def test_trainjob_runtime_restarts_the_whole_jobset_a_bounded_number_of_times() 
 
 
 def test_a_single_node_pod_without_an_address_rendezvouses_on_itself() -> None:
-    env = rendezvous_env({"PET_NNODES": "1"})
+    env = rendezvous_env({"PET_NNODES": "1"}, ARGS)
     assert env["PET_RDZV_ENDPOINT"] == "127.0.0.1:29500"
     assert env["PET_RDZV_CONF"].endswith(",is_host=true")
 
 
 def test_a_late_master_does_not_fail_the_workers_waiting_for_it() -> None:
-    conf = dict(kv.split("=") for kv in rendezvous_env({"PET_NODE_RANK": "1"})["PET_RDZV_CONF"].split(","))
+    conf = dict(kv.split("=") for kv in rendezvous_env({"PET_NODE_RANK": "1"}, ARGS)["PET_RDZV_CONF"].split(","))
     # torchrun's defaults: 60 s to reach the store, 600 s to form the round; an image pull takes longer.
     assert int(conf["read_timeout"]) >= 1800 and int(conf["join_timeout"]) >= 1800
+
+
+def test_a_static_rendezvous_is_left_to_torchrun() -> None:
+    """A hand-written torchrun command (static rendezvous) meets where its own flags say."""
+    static = ["--nnodes=1", "--master-port=29517", "-m", "kubetune.trainer", "--rdzv-backend=c10d"]
+    env = rendezvous_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}, static)
+    assert "PET_RDZV_ENDPOINT" not in env and "PET_RDZV_CONF" not in env
+    assert rendezvous_env({}, ["--rdzv_backend", "c10d", "-m", "x"])["PET_RDZV_ENDPOINT"] == "127.0.0.1:29500"

@@ -1,0 +1,110 @@
+"""One rank of a 2-node run dies mid-training: both nodes' torchrun agents restart their workers,
+which rejoin the c10d rendezvous and resume from the last complete checkpoint, in seconds, not
+after the collective timeout (render/pod.py `torchrun_args`, launch.py `rendezvous_env`).
+
+2 "nodes" are 2 launchers on 127.0.0.1, each with the pod's environment (PET_NNODES, PET_NODE_RANK,
+MASTER_ADDR/PORT as Kubeflow v1 and `kubetune run --local` set them) and the rendered arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kubetune import render
+from tests.integration.trainer.helpers import job, progress_events, trainer_env, write_job
+
+pytestmark = pytest.mark.integration
+
+
+def _node(config: Path, node_dir: Path, rank: int, port: int) -> subprocess.Popen[str]:
+    node_dir.mkdir()
+    env = trainer_env(
+        node_dir,  # each "node" has its own local cache, as pods on different machines do
+        {
+            "PET_NNODES": "2",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_NODE_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "LOGLEVEL": "INFO",  # torchrun's agent says when it restarts its workers
+        },
+    )
+    for key in [k for k in env if k.startswith("PET_RDZV") or k.startswith("TORCHELASTIC_")]:
+        env.pop(key)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer.launch", *render.torchrun_args("recover", str(config))],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _worker(launcher: subprocess.Popen[str]) -> psutil.Process:
+    """The training process under this launcher's torchrun (launcher -> torchrun -> worker)."""
+    (torchrun,) = psutil.Process(launcher.pid).children()
+    workers = torchrun.children()
+    assert len(workers) == 1, workers
+    return workers[0]
+
+
+def _complete(output: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1]) for p in (output / "checkpoints").glob("checkpoint-*/COMPLETE"))
+
+
+def test_a_killed_rank_resumes_from_the_last_checkpoint_on_both_nodes(tiny_model_dir, chat_data, tmp_path, free_port):
+    output = tmp_path / "out"
+    manifest = job(
+        "recover",
+        str(tiny_model_dir),
+        str(chat_data),
+        str(output),
+        training={"maxSteps": 60, "checkpointEverySteps": 10, "loggingSteps": 5},
+    )
+    config = write_job(tmp_path / "job.yaml", manifest)
+    nodes = [_node(config, tmp_path / f"n{rank}", rank, free_port) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 180
+        while not _complete(output):
+            for node in nodes:
+                assert node.poll() is None, node.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint completed"
+            time.sleep(0.05)
+        victim = _worker(nodes[1])
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        killed_at = time.monotonic()
+        # No checkpoint completes without every rank, so this is the newest one the restart can find.
+        complete = _complete(output)
+        assert complete == [10], complete
+        results = [node.communicate(timeout=180) for node in nodes]
+        recovered_in = time.monotonic() - killed_at
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+                node.communicate()
+    for node, (_, stderr) in zip(nodes, results, strict=True):
+        assert node.returncode == 0, stderr[-4000:]
+    # Both agents restarted their workers in place: the killed one's, and the survivor's, whose
+    # workers failed against the dead peer or were stopped for the new round.
+    stderr = "".join(err for _, err in results)
+    assert "will restart worker group" in results[1][1], results[1][1][-4000:]
+    assert "will restart worker group" in results[0][1], results[0][1][-4000:]
+    assert f"resuming from {output}/checkpoints/checkpoint-10" in stderr
+    result = json.loads((output / "manifest.json").read_text())
+    assert result["metrics"]["resumedFrom"] == "checkpoint-10" and result["metrics"]["steps"] == 60
+    # The resumed history continues from the checkpoint, without repeating what it already reported.
+    steps = [e["step"] for e in progress_events(output / "progress.jsonl") if "loss" in e and e["stage"] == "training"]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+    assert [e["stage"] for e in progress_events(output / "progress.jsonl")].count("done") == 1
+    # Minutes, not the collective timeout (training.ddpTimeoutSeconds).
+    assert recovered_in < 150
