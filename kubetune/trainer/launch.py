@@ -15,6 +15,10 @@ the code tells people and the operator what failed rather than steering the rest
 | preempted (SIGTERM), storage unavailable (8), unexpected error (1), worker killed without a code | 143 |
 | Ctrl-C on a local run | 130 |
 
+The rendered command asks torchrun for a c10d rendezvous and `--max-restarts`: a worker that dies
+of a retryable cause is restarted in place, on every node, from the last complete checkpoint
+(`rendezvous_env` says where the nodes meet). A permanent code ends the run at once instead (`_run`).
+
 SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes them to its workers
 (they save a checkpoint at the next step and exit 143). The rendered command passes torchrun
 `--shutdown-timeout=270` inside the pod's 300 s termination grace period, so a preempted worker has
@@ -160,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_dir = Path(tempfile.mkdtemp(prefix="kubetune-exit-"))
     try:
         env = {**rendezvous_env(dict(os.environ), args), "KUBETUNE_EXIT_DIR": str(exit_dir)}
-        torchrun_code, interrupted = _run(torchrun, args, env)
+        torchrun_code, interrupted = _run(torchrun, args, env, exit_dir)
         code = container_exit_code(torchrun_code, read_rank_codes(exit_dir), interrupted)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
@@ -171,8 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool]:
-    """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came)."""
+# How often the launcher looks for a rank's permanent failure while torchrun runs.
+POLL_S = 1.0
+
+
+def _run(torchrun: str, args: list[str], env: dict[str, str], exit_dir: Path) -> tuple[int, bool]:
+    """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came).
+
+    torchrun restarts failed workers (`--max-restarts`), which helps with a lost peer but only
+    repeats a bad spec, an OOM or a NaN loss: once a rank reports a permanent code, torchrun is
+    stopped (SIGTERM, as for preemption) and the pod fails with that code at once."""
     # Its own session: a terminal's Ctrl-C reaches torchrun once, through us, not twice.
     child = subprocess.Popen(
         [torchrun, *args], env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL)
@@ -186,7 +198,16 @@ def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = child.wait()
+        stopped = False
+        while True:
+            try:
+                code = child.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if not stopped and any(c in PERMANENT for c in read_rank_codes(exit_dir)):
+                stopped = True
+                child.send_signal(signal.SIGTERM)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

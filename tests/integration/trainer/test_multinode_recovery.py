@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from kubetune import render
-from tests.integration.trainer.helpers import job, progress_events, trainer_env, write_job
+from tests.integration.trainer.helpers import job, progress_events, trainer_env, write_job, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +108,20 @@ def test_a_killed_rank_resumes_from_the_last_checkpoint_on_both_nodes(tiny_model
     assert [e["stage"] for e in progress_events(output / "progress.jsonl")].count("done") == 1
     # Minutes, not the collective timeout (training.ddpTimeoutSeconds).
     assert recovered_in < 150
+
+
+def test_a_permanent_failure_is_not_retried_in_place(tiny_model_dir, tmp_path, free_port):
+    """torchrun may restart workers (--max-restarts), but bad data would only fail again: the pod
+    fails at once with the rank's own code."""
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no answer"}]}] * 3)
+    config = write_job(tmp_path / "job.yaml", job("bad", str(tiny_model_dir), str(data), str(tmp_path / "out")))
+    env = trainer_env(tmp_path, {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "MASTER_PORT": str(free_port)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer.launch", *render.torchrun_args("bad", str(config))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("kubetune: error: invalid training data") == 1, proc.stderr[-3000:]
