@@ -9,11 +9,13 @@ MASTER_ADDR/PORT as Kubeflow v1 and `kubetune run --local` set them) and the ren
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -125,3 +127,49 @@ def test_a_permanent_failure_is_not_retried_in_place(tiny_model_dir, tmp_path, f
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("kubetune: error: invalid training data") == 1, proc.stderr[-3000:]
+
+
+def _rank(rank: int, port: int, results: Any, go_on: Any) -> None:
+    """One of two gloo ranks: a late arrival is waited for around I/O, a missing one fails training fast."""
+    import torch.distributed as dist
+
+    from kubetune.trainer.collectives import CollectiveTimeouts
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    timeouts = CollectiveTimeouts(training_s=2)
+    timeouts.training()
+    if rank == 1:
+        time.sleep(5)  # "downloading": longer than the training timeout
+        dist.barrier()
+        go_on.wait(120)  # then absent (hung) until rank 0 has given up on it
+        return
+    started = time.monotonic()
+    with timeouts.waiting_for_io():
+        dist.barrier()
+    results.put(("waited", time.monotonic() - started))
+    started = time.monotonic()
+    try:
+        dist.barrier()
+        results.put(("completed", 0.0))
+    except RuntimeError:
+        results.put(("timed out", time.monotonic() - started))
+    go_on.set()
+
+
+def test_training_collectives_time_out_fast_but_waits_for_io_do_not(free_port):
+    ctx = multiprocessing.get_context("spawn")
+    results, go_on = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_rank, args=(rank, free_port, results, go_on)) for rank in (0, 1)]
+    for proc in procs:
+        proc.start()
+    try:
+        waited, late = results.get(timeout=120)
+        outcome, after = results.get(timeout=120)
+    finally:
+        go_on.set()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    assert waited == "waited" and late > 2  # past the training timeout, yet the barrier held
+    assert outcome == "timed out" and after < 30, (outcome, after)
