@@ -78,11 +78,12 @@ def run(config_path: str) -> int:
         trained = train(cfg, sink, preemption, timeouts)
         if cfg.dist.is_main:
             export_and_upload(cfg, trained, sink)
-        # Every rank stays until rank 0 has exported: a node whose workers left early would have its
-        # torchrun agent leave too, after a few minutes, and take the rendezvous store with it if it
-        # hosts it, failing the node still exporting.
-        with timeouts.waiting_for_io():
-            barrier()
+        if cfg.dist.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", cfg.dist.world_size)):
+            # Every node stays until rank 0 has exported: a node whose workers left early would have
+            # its torchrun leave too, after a few minutes, and take the rendezvous store with it if
+            # it hosts it, failing the node still exporting. (One node: one torchrun, nothing to keep.)
+            with timeouts.waiting_for_io():
+                barrier()
         if cfg.dist.is_local_main:
             _clean_work_dir(cfg)
         return 0
