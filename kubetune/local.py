@@ -91,7 +91,7 @@ class LocalPlan:
 
     def command(self, env: dict[str, str]) -> list[str]:
         """The pod's command line with Kubernetes' $(VAR) references expanded from `env`."""
-        command = render.trainer_command(render.RenderSettings(), str(self.config_path))
+        command = render.trainer_command(self.job, render.RenderSettings(), str(self.config_path))
         expanded = [_PLACEHOLDER.sub(lambda m: env[m.group(1)], a) for a in command]
         # The image's `python` is this interpreter here.
         return [sys.executable, *expanded[1:]] if expanded[0] == "python" else expanded

@@ -589,11 +589,11 @@ class TrainingSpec(_Model):
         "<output.uri>/tensorboard/), wandb, mlflow (configured by their WANDB_*/MLFLOW_* variables in spec.env).",
     )
     ddp_timeout_seconds: int = Field(
-        default=4 * 3600,
+        default=30 * 60,
         ge=1,
         le=INT32_MAX,
-        description="How long a collective may wait. Generous because ranks wait while one process per node "
-        "downloads the base model or a checkpoint; the cost is that a hung collective is noticed this late.",
+        description="How long a collective in training may wait for the other ranks before the run restarts "
+        "from its last checkpoint (a hung rank). Waits around downloads, uploads and export allow at least 4 h.",
     )
     dataloader_workers: int = Field(
         default=0, ge=0, le=256, description="Data loader worker processes per training process (0: load in it)."

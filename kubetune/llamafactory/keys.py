@@ -541,7 +541,8 @@ KEYS: tuple[Key, ...] = (
         "ddp_timeout",
         "spec.training.ddpTimeoutSeconds",
         _to("training.ddpTimeoutSeconds"),
-        "Ours defaults to 4 hours (LLaMA-Factory: 30 minutes).",
+        "The wait of a training collective; ours defaults to 30 minutes (as LLaMA-Factory's), and waits for "
+        "downloads, uploads and export allow at least 4 hours.",
     ),
     Key(
         "report_to",

@@ -167,12 +167,27 @@ def trainer_env(job: api.FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-def torchrun_args(config_path: str = CONFIG_PATH, shutdown_timeout: int = 270) -> list[str]:
-    # torchrun reads PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK and PET_MASTER_ADDR/PORT itself.
-    # Both controllers set the first three; the rendezvous address is PET_MASTER_* under Trainer v2
-    # and MASTER_* under Kubeflow v1, which the launcher copies to PET_MASTER_* (launch.py). On
-    # SIGTERM torchrun gives the workers `shutdown_timeout` seconds (default 30) to checkpoint.
+# How often torchrun restarts a node's workers in place (every node's, together) before it gives
+# up and the pod fails, which Kubeflow then counts against backoffLimit. Each restart resumes from
+# the last complete checkpoint, so a handful covers transient faults (a NIC flap, a peer pod
+# rescheduled) without retraining for long on a fault that persists.
+WORKER_RESTARTS = 3
+
+
+def torchrun_args(
+    run_id: str, config_path: str = CONFIG_PATH, shutdown_timeout: int = 270, max_restarts: int = WORKER_RESTARTS
+) -> list[str]:
+    # Elastic (c10d) rendezvous, not static: when one rank dies, its agent tears the round down and
+    # every node's agent restarts its workers, which rejoin and resume from the last checkpoint;
+    # a pod that is replaced entirely joins the next round the same way. Static rendezvous cannot
+    # re-form, so the other ranks would hang in a collective until it timed out. torchrun reads
+    # PET_NNODES (a fixed N: min = max), PET_NPROC_PER_NODE and the rendezvous endpoint from the
+    # environment, which the launcher derives from either controller's (launch.py). On SIGTERM
+    # torchrun gives the workers `shutdown_timeout` seconds (default 30) to checkpoint.
     return [
+        "--rdzv-backend=c10d",
+        f"--rdzv-id={run_id}",
+        f"--max-restarts={max_restarts}",
         f"--shutdown-timeout={shutdown_timeout}",
         "-m",
         "kubetune.trainer",
@@ -187,11 +202,12 @@ def torchrun_args(config_path: str = CONFIG_PATH, shutdown_timeout: int = 270) -
 LAUNCHER = ["python", "-m", "kubetune.trainer.launch"]
 
 
-def trainer_command(settings: RenderSettings, config_path: str = CONFIG_PATH) -> list[str]:
+def trainer_command(job: api.FineTuneJob, settings: RenderSettings, config_path: str = CONFIG_PATH) -> list[str]:
     """The training container's full command line (also what `kubetune run --local` runs)."""
     # Leave 30 s of the pod's grace period for the launcher and torchrun themselves.
     shutdown = max(settings.termination_grace_seconds - 30, 30)
-    return [*LAUNCHER, *torchrun_args(config_path, shutdown)]
+    # The rendezvous is the job's own (its store lives in the master pod), so its name is id enough.
+    return [*LAUNCHER, *torchrun_args(child_names(job).job, config_path, shutdown)]
 
 
 def container_resources(spec: api.FineTuneJobSpec) -> dict[str, Any]:
@@ -251,7 +267,7 @@ def pod_template(job: api.FineTuneJob, settings: RenderSettings, container_name:
     spec = job.spec
     res = spec.resources
     names = child_names(job)
-    command = trainer_command(settings)
+    command = trainer_command(job, settings)
     container: dict[str, Any] = {
         "name": container_name,
         "image": spec.image or settings.trainer_image,

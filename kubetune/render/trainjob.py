@@ -40,6 +40,8 @@ REPLICATED_JOB = "node"
 ANCESTOR_LABEL = f"{GROUP}/trainjob-ancestor-step"
 # Fields of the training container that the TrainJob's spec.trainer sets, so the runtime leaves them out.
 TRAINER_FIELDS = ("image", "command", "args", "env", "resources")
+# Whole-job restarts on top of backoffLimit's pod restarts, so the worst case is (1 + this) x backoffLimit.
+JOBSET_RESTARTS = 1
 
 
 def build_trainingruntime(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
@@ -62,6 +64,10 @@ def build_trainingruntime(job: api.FineTuneJob, settings: RenderSettings) -> dic
             }
         ],
     }
+    # The Job fails once its pods' restarts exhaust backoffLimit (say, a pod that keeps failing on a
+    # broken machine); JobSet then re-creates every pod, free to land elsewhere, this many times
+    # before the TrainJob fails. Each re-creation resumes from the last complete checkpoint.
+    jobset["failurePolicy"] = {"maxRestarts": JOBSET_RESTARTS, "restartStrategy": "Recreate"}
     if spec.run_policy.ttl_seconds_after_finished is not None:
         # Removes the JobSet (and its pods) once finished; the TrainJob stays, with its result.
         jobset["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
@@ -79,7 +85,7 @@ def build_trainingruntime(job: api.FineTuneJob, settings: RenderSettings) -> dic
 def build_trainjob(job: api.FineTuneJob, settings: RenderSettings) -> dict[str, Any]:
     spec = job.spec
     name = child_names(job).job
-    command = trainer_command(settings)
+    command = trainer_command(job, settings)
     trainer: dict[str, Any] = {
         "image": spec.image or settings.trainer_image,
         "command": command[: len(LAUNCHER)],

@@ -37,6 +37,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import FineTuneJobSpec
     from kubetune.storage import StorageOptions
+    from kubetune.trainer.collectives import CollectiveTimeouts
     from kubetune.trainer.config import Distributed
 
 log = logging.getLogger("kubetune.trainer")
@@ -328,8 +329,10 @@ class CheckpointSync(TrainerCallback):
         preemption: Preemption,
         run_id: str,
         upload: Uploader = _upload_dir,
+        timeouts: CollectiveTimeouts | None = None,
     ) -> None:
         self.prefix = prefix
+        self.timeouts = timeouts
         self.run_id = run_id
         self.keep = keep
         self.opts = opts
@@ -395,7 +398,9 @@ class CheckpointSync(TrainerCallback):
             if not self._in_flight.wait(timeout):
                 return False
             self._in_flight = None
-        barrier()  # every node's upload has finished
+        # Every node's upload has finished: the others' may take long after this node's.
+        with self.timeouts.waiting_for_io() if self.timeouts else contextlib.nullcontext():
+            barrier()
         if self._unmarked is not None:
             self._settle()
         return True

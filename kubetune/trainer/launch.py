@@ -15,6 +15,10 @@ the code tells people and the operator what failed rather than steering the rest
 | preempted (SIGTERM), storage unavailable (8), unexpected error (1), worker killed without a code | 143 |
 | Ctrl-C on a local run | 130 |
 
+The rendered command asks torchrun for a c10d rendezvous and `--max-restarts`: a worker that dies
+of a retryable cause is restarted in place, on every node, from the last complete checkpoint
+(`rendezvous_env` says where the nodes meet). A permanent code ends the run at once instead (`_run`).
+
 SIGTERM and SIGINT sent to this process are forwarded to torchrun, which passes them to its workers
 (they save a checkpoint at the next step and exit 143). The rendered command passes torchrun
 `--shutdown-timeout=270` inside the pod's 300 s termination grace period, so a preempted worker has
@@ -97,14 +101,53 @@ def read_rank_codes(exit_dir: Path) -> list[int]:
     return [code for _, _, code in sorted(found)]
 
 
-def rendezvous_env(env: dict[str, str]) -> dict[str, str]:
-    """torchrun takes its rendezvous address from PET_MASTER_ADDR/PORT, which Kubeflow Trainer v2
-    sets; Kubeflow Training Operator v1 (and `kubetune run --local`) set MASTER_ADDR/PORT instead."""
+# torchrun's defaults for a static rendezvous, kept for a single-node pod that gets no address.
+DEFAULT_MASTER = ("127.0.0.1", "29500")
+# Rendezvous settings (torchrun's --rdzv-conf): a worker pod may start long before the master pod
+# has pulled its image, and the c10d defaults (60 s to reach the store, 600 s to form a round) would
+# fail that pod and spend a Kubeflow restart on it.
+RENDEZVOUS_CONF = "join_timeout=1800,read_timeout=1800"
+
+
+def rendezvous_env(env: dict[str, str], args: Sequence[str]) -> dict[str, str]:
+    """torchrun's rendezvous settings from the controller's environment.
+
+    Kubeflow Trainer v2 sets PET_MASTER_ADDR/PORT; Kubeflow Training Operator v1 (and `kubetune run
+    --local`) set MASTER_ADDR/PORT instead. When torchrun's `args` ask for a c10d rendezvous (the
+    rendered command does: render/pod.py `torchrun_args`), its endpoint is the master's address, and
+    node 0, the pod behind that address, hosts the rendezvous store. Values already set in the
+    environment win."""
     out = dict(env)
     for var in ("MASTER_ADDR", "MASTER_PORT"):
         if var in env and f"PET_{var}" not in env:
             out[f"PET_{var}"] = env[var]
+    if _option(args, "--rdzv-backend", env.get("PET_RDZV_BACKEND", "static")) != "c10d":
+        return out  # static: torchrun meets at PET_MASTER_ADDR/PORT itself
+    addr = out.get("PET_MASTER_ADDR") or DEFAULT_MASTER[0]
+    port = out.get("PET_MASTER_PORT") or DEFAULT_MASTER[1]
+    out.setdefault("PET_RDZV_ENDPOINT", f"{addr}:{port}")
+    # Explicit rather than guessed from the hostname: every local "node" is 127.0.0.1.
+    is_host = int(out.get("PET_NODE_RANK", "0") or "0") == 0
+    out.setdefault("PET_RDZV_CONF", f"{RENDEZVOUS_CONF},is_host={str(is_host).lower()}")
+    # A fresh store for each round's process group, hosted by that round's rank 0 worker. With the
+    # rendezvous store shared instead (torch's default), workers find each other under a key of
+    # their node's restart count, which differs between nodes when one agent restarted for a failure
+    # and another for the new round: those workers read the dead round's addresses and fail again.
+    out.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     return out
+
+
+def _option(args: Sequence[str], name: str, default: str) -> str:
+    """The value torchrun will see for option `name` (`--name=v` or `--name v`; `_` spellings too)."""
+    value = default
+    spellings = {name, name.replace("-", "_").replace("__", "--")}
+    for i, arg in enumerate(args):
+        if arg in ("-m", "--module") or not arg.startswith("-"):
+            break  # the rest belongs to the training script
+        key, eq, rest = arg.partition("=")
+        if key in spellings:
+            value = rest if eq else (args[i + 1] if i + 1 < len(args) else value)
+    return value
 
 
 def torchrun_path() -> str | None:
@@ -120,8 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return NOT_FOUND
     exit_dir = Path(tempfile.mkdtemp(prefix="kubetune-exit-"))
     try:
-        env = {**rendezvous_env(dict(os.environ)), "KUBETUNE_EXIT_DIR": str(exit_dir)}
-        torchrun_code, interrupted = _run(torchrun, args, env)
+        env = {**rendezvous_env(dict(os.environ), args), "KUBETUNE_EXIT_DIR": str(exit_dir)}
+        torchrun_code, interrupted = _run(torchrun, args, env, exit_dir)
         code = container_exit_code(torchrun_code, read_rank_codes(exit_dir), interrupted)
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
@@ -132,8 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool]:
-    """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came)."""
+# How often the launcher looks for a rank's permanent failure while torchrun runs.
+POLL_S = 1.0
+
+
+def _run(torchrun: str, args: list[str], env: dict[str, str], exit_dir: Path) -> tuple[int, bool]:
+    """Run torchrun to the end, forwarding SIGTERM/SIGINT. Returns (its exit code, whether Ctrl-C came).
+
+    torchrun restarts failed workers (`--max-restarts`), which helps with a lost peer but only
+    repeats a bad spec, an OOM or a NaN loss: once a rank reports a permanent code, torchrun is
+    stopped (SIGTERM, as for preemption) and the pod fails with that code at once."""
     # Its own session: a terminal's Ctrl-C reaches torchrun once, through us, not twice.
     child = subprocess.Popen(
         [torchrun, *args], env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL)
@@ -147,7 +198,16 @@ def _run(torchrun: str, args: list[str], env: dict[str, str]) -> tuple[int, bool
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        code = child.wait()
+        stopped = False
+        while True:
+            try:
+                code = child.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if not stopped and any(c in PERMANENT for c in read_rank_codes(exit_dir)):
+                stopped = True
+                child.send_signal(signal.SIGTERM)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -28,6 +28,7 @@ from kubetune.trainer.checkpoints import (
     restored_checkpoint,
     run_identity,
 )
+from kubetune.trainer.collectives import CollectiveTimeouts
 from kubetune.trainer.config import RunConfig, load_run_config, parse_size
 from kubetune.trainer.export import Probe
 from kubetune.trainer.failures import ExitCode, TrainerError, classify, write_failure
@@ -73,9 +74,16 @@ def run(config_path: str) -> int:
             sink = ProgressSink(cfg.work_dir / "progress.jsonl", cfg.output.progress, cfg.storage)
             sink.start()
         log.info("kubetune trainer: %s", json.dumps(cfg.summary()))
-        trained = train(cfg, sink, preemption)
+        timeouts = CollectiveTimeouts(cfg.spec.training.ddp_timeout_seconds)
+        trained = train(cfg, sink, preemption, timeouts)
         if cfg.dist.is_main:
             export_and_upload(cfg, trained, sink)
+        if cfg.dist.world_size > int(os.environ.get("LOCAL_WORLD_SIZE", cfg.dist.world_size)):
+            # Every node stays until rank 0 has exported: a node whose workers left early would have
+            # its torchrun leave too, after a few minutes, and take the rendezvous store with it if
+            # it hosts it, failing the node still exporting. (One node: one torchrun, nothing to keep.)
+            with timeouts.waiting_for_io():
+                barrier()
         if cfg.dist.is_local_main:
             _clean_work_dir(cfg)
         return 0
@@ -101,7 +109,7 @@ def run(config_path: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> Trained:
+def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption, timeouts: CollectiveTimeouts) -> Trained:
     from transformers import PrinterCallback
 
     from kubetune.trainer.data import prepare_data
@@ -147,10 +155,12 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
         cfg.dist,
         preemption,
         run_identity(cfg.spec),
+        timeouts=timeouts,
     )
     progress = ProgressCallback(sink)
     trainer = make_trainer(cfg, model, args, tokenizer, prepared, [progress, sync, StopWhenFinished()], ref_model)
     trainer.remove_callback(PrinterCallback)  # our events replace its raw dict prints
+    timeouts.training()  # from here on the ranks wait only for each other's compute
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except AlreadyTrained:
@@ -168,7 +178,8 @@ def train(cfg: RunConfig, sink: ProgressSink | None, preemption: Preemption) -> 
     shutil.rmtree(trained, ignore_errors=True)  # the work dir is per node, so no rank races this
     # Collective under ZeRO-3 (weights are gathered), so every rank takes part.
     trainer.save_model(str(trained))
-    barrier()
+    with timeouts.waiting_for_io():  # rank 0 writes the whole model to disk
+        barrier()
     return Trained(trainer, prepared, tokenizer, base_dir, metrics, probe)
 
 
@@ -217,10 +228,9 @@ def training_arguments(cfg: RunConfig) -> Any:
         dataloader_num_workers=t.dataloader_workers,
         disable_tqdm=True,  # our own bar (rank 0)
         report_to=_trackers(cfg),
-        # Collectives wait while one process per node downloads the base model or a checkpoint
-        # (main_process_first, barriers): 140 GB at a few hundred MB/s takes far longer than the
-        # 30-minute default. The cost: a genuinely hung collective is noticed this late.
-        ddp_timeout=t.ddp_timeout_seconds,
+        # The process group starts with the long timeout: the first collectives wait for the model
+        # download and data preparation. Training shortens it (collectives.py).
+        ddp_timeout=CollectiveTimeouts(t.ddp_timeout_seconds).waiting_s,
         warmup_steps=warmup,
         **length,
     )

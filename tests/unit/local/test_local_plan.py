@@ -10,6 +10,7 @@ import yaml
 
 from kubetune import local, render
 from kubetune.api.validation import load_job_file
+from kubetune.render.pod import WORKER_RESTARTS
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -66,6 +67,9 @@ def test_command_is_the_pod_command_with_variables_expanded(tmp_path: Path) -> N
     assert cmd[:3] == [sys.executable, "-m", "kubetune.trainer.launch"]
     # The rendezvous address travels in MASTER_ADDR/MASTER_PORT (the launcher hands it to torchrun).
     assert cmd[3:] == [
+        "--rdzv-backend=c10d",
+        f"--rdzv-id={render.child_names(p.job).job}",
+        f"--max-restarts={WORKER_RESTARTS}",
         "--shutdown-timeout=270",
         "-m",
         "kubetune.trainer",

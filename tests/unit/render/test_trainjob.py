@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # Kubeflow Trainer v2.3.0 CRDs, vendored so the tests need nothing outside the repo.
 FIXTURES = ROOT / "tests" / "fixtures"
+ARGS = render.torchrun_args("ft")  # what the rendered pods run
 SETTINGS = render.RenderSettings(trainer_image="registry.example/kubetune/trainer:1.2.3")
 
 
@@ -107,8 +108,8 @@ def test_trainjob_carries_trainer_fields_and_runs_on_its_own_runtime() -> None:
     assert trainer["image"] == "registry.example/kubetune/trainer:1.2.3"
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
     assert [trainer["command"], trainer["args"]] == [
-        render.trainer_command(SETTINGS)[:3],
-        render.trainer_command(SETTINGS)[3:],
+        render.trainer_command(job, SETTINGS)[:3],
+        render.trainer_command(job, SETTINGS)[3:],
     ]
     assert runtime["spec"]["mlPolicy"] == {"numNodes": 2, "torch": {}}
     # The same pod as the PyTorchJob's, but for the container's name and what spec.trainer sets.
@@ -183,12 +184,20 @@ def test_every_variable_the_command_references_is_set_in_the_pod(backend: str) -
 
 def test_rendezvous_address_reaches_torchrun_under_both_controllers() -> None:
     trainer_v2 = {"PET_MASTER_ADDR": "ft-node-0-0.ft", "PET_MASTER_PORT": "29500", "PET_NNODES": "2"}
-    assert rendezvous_env(trainer_v2) == trainer_v2
+    env = rendezvous_env({**trainer_v2, "PET_NODE_RANK": "1"}, ARGS)
+    assert {k: env[k] for k in trainer_v2} == trainer_v2
+    # The c10d rendezvous meets at the master pod, which alone hosts its store.
+    assert env["PET_RDZV_ENDPOINT"] == "ft-node-0-0.ft:29500"
+    assert env["PET_RDZV_CONF"].endswith(",is_host=false")
     training_operator_v1 = {"MASTER_ADDR": "ft-master-0", "MASTER_PORT": "23456", "PET_NNODES": "2"}
-    env = rendezvous_env(training_operator_v1)
+    env = rendezvous_env({**training_operator_v1, "PET_NODE_RANK": "0"}, ARGS)
     assert env["PET_MASTER_ADDR"] == "ft-master-0" and env["PET_MASTER_PORT"] == "23456"
+    assert env["PET_RDZV_ENDPOINT"] == "ft-master-0:23456"
+    assert env["PET_RDZV_CONF"].endswith(",is_host=true")
+    # What the pod's environment sets explicitly stays.
+    assert rendezvous_env({**trainer_v2, "PET_RDZV_ENDPOINT": "x:1"}, ARGS)["PET_RDZV_ENDPOINT"] == "x:1"
     # Both set: what the controller meant for torchrun wins.
-    both = rendezvous_env({"MASTER_ADDR": "a", "PET_MASTER_ADDR": "b"})
+    both = rendezvous_env({"MASTER_ADDR": "a", "PET_MASTER_ADDR": "b"}, ARGS)
     assert both["PET_MASTER_ADDR"] == "b"
 
 

@@ -147,14 +147,22 @@ def test_work_dir_is_unique_per_output_uri(tmp_path):
     assert again.work_dir == first.work_dir  # a restarted pod finds its own directory
 
 
-def test_ddp_timeout_is_generous_and_configurable(tmp_path):
+def test_ddp_timeout_is_generous_while_preparing_short_in_training_and_configurable(tmp_path):
     from kubetune.api.v1alpha1 import TrainingSpec
+    from kubetune.trainer.collectives import CollectiveTimeouts
     from kubetune.trainer.recipe import training_arguments
 
     env = {"KUBETUNE_CACHE_DIR": str(tmp_path / "cache")}
-    assert training_arguments(load_run_config(_job_file(tmp_path), env)).ddp_timeout == 4 * 3600
+    default = load_run_config(_job_file(tmp_path), env)
+    # The process group starts with the long timeout: its first collectives wait for the model download.
+    assert training_arguments(default).ddp_timeout == 4 * 3600
+    assert CollectiveTimeouts(default.spec.training.ddp_timeout_seconds).training_s == 30 * 60
     cfg = load_run_config(_job_file(tmp_path, training={"ddpTimeoutSeconds": 600}), env)
-    assert training_arguments(cfg).ddp_timeout == 600
+    assert training_arguments(cfg).ddp_timeout == 4 * 3600
+    assert CollectiveTimeouts(cfg.spec.training.ddp_timeout_seconds).training_s == 600
+    # LLaMA-Factory's examples set 180000000: that is the longer wait everywhere.
+    patient = load_run_config(_job_file(tmp_path, training={"ddpTimeoutSeconds": 180000000}), env)
+    assert training_arguments(patient).ddp_timeout == 180000000
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         TrainingSpec.model_validate({"ddpTimeoutSeconds": 0})
 
