@@ -67,11 +67,13 @@ class Kube:
             lambda: self.custom.get_namespaced_custom_object(*FINETUNEJOB[:2], namespace, FINETUNEJOB[2], name)
         )
 
-    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_finetunejob_status(self, namespace: str, name: str, status: dict[str, Any]) -> str | None:
+        """Merge-patch the status; the resourceVersion it was stored under."""
         group, version, plural = FINETUNEJOB
-        self.custom.patch_namespaced_custom_object_status(
+        stored = self.custom.patch_namespaced_custom_object_status(
             group, version, namespace, plural, name, {"status": status}, _content_type=MERGE_PATCH
         )
+        return ((stored or {}).get("metadata") or {}).get("resourceVersion")
 
     # ---- the training job (PyTorchJob or TrainJob) -------------------------------------------
 

@@ -61,6 +61,8 @@ class Reconciler:
         self.metrics = metrics
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
+        # Per job, the resourceVersion of the operator's last status write (see sync_status).
+        self._own_writes: dict[tuple[str, str], str | None] = {}
         # Creates a job's independent children side by side (see _create_children).
         self._creator = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create-children")
 
@@ -250,13 +252,19 @@ class Reconciler:
         """Recompute the status from the stored pair. `deleted`: the training job's final state, when
         the event behind this call is its deletion. `seen`: the FineTuneJob as its watch event
         brought it; when nothing was made for it yet, there is nothing to read (the create handler
-        reports that stage), and a later version that has its children comes with its own event."""
+        reports that stage), and a later version that has its children comes with its own event.
+        Nor when `seen` is the operator's own last status write coming back: that status was
+        computed from fresh reads, a later change of the FineTuneJob has another resourceVersion,
+        and a change of the training job brings an event of its own."""
         seen_status = (seen or {}).get("status") or {}
         if seen is not None and not backends.child_made(seen_status):
             if not (seen.get("metadata") or {}).get("deletionTimestamp"):
                 self.metrics.set_phase(namespace, name, seen_status.get("phase") or c.PENDING)
             return
         with self.metrics.reconcile("status"), self._lock(namespace, name):
+            version = ((seen or {}).get("metadata") or {}).get("resourceVersion")
+            if version is not None and self._own_writes.get((namespace, name)) == version:
+                return
             body = self.kube.get_finetunejob(namespace, name)
             if body is None:
                 self.metrics.forget(namespace, name)
@@ -332,11 +340,13 @@ class Reconciler:
         self.metrics.forget(namespace, name)
         with self._locks_lock:
             self._locks.pop((namespace, name), None)
+        self._own_writes.pop((namespace, name), None)
 
     def _patch_status(self, body: Mapping[str, Any], patch: dict[str, Any]) -> None:
         if patch:
             meta = body["metadata"]
-            self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+            written = self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+            self._own_writes[(meta["namespace"], meta["name"])] = written
 
 
 def awaiting_result(status: Mapping[str, Any]) -> bool:
