@@ -123,10 +123,17 @@ def run_round(cluster: Cluster, op: OperatorProcess, stamps: Stamps, n: int, pre
         "operator_requests_per_job": round(sum(requests.values()) / n, 1),
         "operator_requests": dict(sorted(requests.items())),
     }
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(cluster.delete_job, names))
-    wait_for("the round's PyTorchJobs to be collected", lambda: not cluster.pytorchjobs(), timeout=120, interval=0.2)
     return result
+
+
+def clean_up(cluster: Cluster, n: int, prefix: str) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cluster.delete_job, [f"{prefix}-{i:04d}" for i in range(n)]))
+    try:
+        wait_for("the round's PyTorchJobs to go", lambda: not cluster.pytorchjobs(), timeout=120, interval=0.2)
+    except AssertionError:
+        left = [pj["metadata"]["name"] for pj in cluster.pytorchjobs()]
+        raise AssertionError(f"{len(left)} PyTorchJobs outlived their FineTuneJobs: {left[:10]}") from None
 
 
 def main() -> int:
@@ -150,7 +157,8 @@ def main() -> int:
             for i, n in enumerate(args.sizes):
                 result = run_round(cluster, op, stamps, n, f"b{i}")
                 results.append(result)
-                print(json.dumps(result))
+                print(json.dumps(result), flush=True)
+                clean_up(cluster, n, f"b{i}")
         finally:
             op.stop()
             server.stop()
