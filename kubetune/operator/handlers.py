@@ -24,10 +24,8 @@ the children go with their owner through garbage collection.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import kopf
@@ -51,24 +49,6 @@ DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as opt
 WORKERS = 16  # Kopf's threads for the (sync) handlers; see configure_kopf
 
 
-M_ARENA_MAX = -8  # glibc's mallopt() parameter number (malloc.h)
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas() -> None:
-    """Let all threads share two malloc arenas. glibc gives each thread that allocates its own (up
-    to 8 per core), and with Kopf's and the client's threads each arena keeps freed memory of
-    its own: the operator's RSS then grows with every burst of jobs, not with what it holds.
-    Must run before those threads start; MALLOC_ARENA_MAX in the environment does the same and wins."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc (musl, macOS): nothing to tune
-    libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-
-
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """Kopf's bookkeeping under kubetune.io annotations; never in status."""
     settings.persistence.finalizer = "kubetune.io/finalizer"
@@ -87,9 +67,6 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # Refresh watches now and then so that a silently dropped connection cannot stall the operator.
     settings.watching.server_timeout = 600
     settings.watching.client_timeout = 660
-
-
-limit_malloc_arenas()  # at import: `kubetune operator` and `kopf run -m` import this before starting Kopf
 
 
 def _quiet_status_watchers(record: logging.LogRecord) -> bool:
