@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.integration.operator.harness import Cluster, OperatorProcess, job_manifest, wait_for  # noqa: E402
-from tests.integration.operator.k8s_emulator import RunningApiServer  # noqa: E402
+from tests.integration.operator.k8s_emulator import RunningApiServer, rbac_attributes  # noqa: E402
 
 
 class Stamps:
-    """When each FineTuneJob and PyTorchJob was first stored, by job name (API-server side)."""
+    """When each FineTuneJob, its PyTorchJob and its "Created" Event were first stored, by job name
+    (API-server side). The Event is the operator's last write for a new job."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jobs: dict[str, float] = {}
         self.pytorchjobs: dict[str, float] = {}
+        self.created_events: dict[str, float] = {}
 
     def __call__(self, event: str, obj: dict[str, Any]) -> None:
         if event != "ADDED":
@@ -50,6 +53,21 @@ class Stamps:
                 self.jobs.setdefault(name, now)
             elif kind == "PyTorchJob":
                 self.pytorchjobs.setdefault(name, now)
+            elif "involvedObject" in obj and obj.get("reason") == "Created":  # Kopf posts Events without `kind`
+                self.created_events.setdefault((obj.get("involvedObject") or {}).get("name", ""), now)
+
+
+def operator_requests(server: RunningApiServer, since: int) -> Counter[str]:
+    """The operator's API requests from index `since` on, as "verb resource" (discovery left out)."""
+    counts: Counter[str] = Counter()
+    for request in server.emulator._requests[since:]:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if headers.get("authorization") != f"Bearer {OperatorProcess.TOKEN}":
+            continue
+        call = rbac_attributes(request.method, request.url.path, dict(request.params))
+        if call is not None and call[2] != "watch":
+            counts[f"{call[2]} {call[1]}"] += 1
+    return counts
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,6 +96,7 @@ def run_round(cluster: Cluster, op: OperatorProcess, stamps: Stamps, n: int, pre
     names = [f"{prefix}-{i:04d}" for i in range(n)]
     assert op.proc is not None
     cpu_before, api_cpu_before = cpu_seconds(op.proc.pid), time.process_time()
+    first_request = len(cluster.server.emulator._requests)
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda name: cluster.create_job(job_manifest(name)), names))
@@ -85,11 +104,14 @@ def run_round(cluster: Cluster, op: OperatorProcess, stamps: Stamps, n: int, pre
     wait_for(f"{n} PyTorchJobs", lambda: all(name in stamps.pytorchjobs for name in names), timeout=600, interval=0.2)
     done = time.perf_counter()
     latencies = [stamps.pytorchjobs[name] - stamps.jobs[name] for name in names]
+    wait_for(f"{n} Created Events", lambda: all(name in stamps.created_events for name in names), timeout=120)
+    requests = operator_requests(cluster.server, first_request)
     memory = rss_kib(op.proc.pid)
     result = {
         "n": n,
         "create_seconds": round(created - started, 2),
         "all_pytorchjobs_seconds": round(done - started, 2),
+        "jobs_per_s": round(n / (done - started), 1),
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p95_s": round(percentile(latencies, 0.95), 3),
         "latency_max_s": round(max(latencies), 3),
@@ -97,11 +119,21 @@ def run_round(cluster: Cluster, op: OperatorProcess, stamps: Stamps, n: int, pre
         "operator_peak_rss_mib": round(memory["VmHWM"] / 1024, 1),
         "operator_cpu_s": round(cpu_seconds(op.proc.pid) - cpu_before, 2),
         "api_server_and_client_cpu_s": round(time.process_time() - api_cpu_before, 2),
+        # Until each job's Created Event: what a new job costs the API server (watch events not counted).
+        "operator_requests_per_job": round(sum(requests.values()) / n, 1),
+        "operator_requests": dict(sorted(requests.items())),
     }
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(cluster.delete_job, names))
-    wait_for("the round's PyTorchJobs to be collected", lambda: not cluster.pytorchjobs(), timeout=120, interval=0.2)
     return result
+
+
+def clean_up(cluster: Cluster, n: int, prefix: str) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cluster.delete_job, [f"{prefix}-{i:04d}" for i in range(n)]))
+    try:
+        wait_for("the round's PyTorchJobs to go", lambda: not cluster.pytorchjobs(), timeout=120, interval=0.2)
+    except AssertionError:
+        left = [pj["metadata"]["name"] for pj in cluster.pytorchjobs()]
+        raise AssertionError(f"{len(left)} PyTorchJobs outlived their FineTuneJobs: {left[:10]}") from None
 
 
 def main() -> int:
@@ -125,19 +157,21 @@ def main() -> int:
             for i, n in enumerate(args.sizes):
                 result = run_round(cluster, op, stamps, n, f"b{i}")
                 results.append(result)
-                print(json.dumps(result))
+                print(json.dumps(result), flush=True)
+                clean_up(cluster, n, f"b{i}")
         finally:
             op.stop()
             server.stop()
     header = (
-        f"{'N':>5} {'create s':>9} {'all PJ s':>9} {'p50 s':>7} {'p95 s':>7} {'max s':>7} {'RSS MiB':>8} {'peak':>7}"
+        f"{'N':>5} {'create s':>9} {'all PJ s':>9} {'jobs/s':>7} {'p50 s':>7} {'p95 s':>7} {'max s':>7} "
+        f"{'RSS MiB':>8} {'peak':>7} {'req/job':>8}"
     )
     print(header)
     for r in results:
         print(
-            f"{r['n']:>5} {r['create_seconds']:>9} {r['all_pytorchjobs_seconds']:>9} {r['latency_p50_s']:>7} "
-            f"{r['latency_p95_s']:>7} {r['latency_max_s']:>7} {r['operator_rss_mib']:>8} "
-            f"{r['operator_peak_rss_mib']:>7}"
+            f"{r['n']:>5} {r['create_seconds']:>9} {r['all_pytorchjobs_seconds']:>9} {r['jobs_per_s']:>7} "
+            f"{r['latency_p50_s']:>7} {r['latency_p95_s']:>7} {r['latency_max_s']:>7} {r['operator_rss_mib']:>8} "
+            f"{r['operator_peak_rss_mib']:>7} {r['operator_requests_per_job']:>8}"
         )
     if args.json:
         args.json.write_text(json.dumps({"idle_rss_mib": round(idle["VmRSS"] / 1024, 1), "rounds": results}, indent=2))

@@ -33,7 +33,7 @@ import kopf
 from kubetune.api import v1alpha1 as api
 from kubetune.operator import backends, metrics
 from kubetune.operator.kube import Kube, connect
-from kubetune.operator.reconcile import Reconciler, owner_of, recreation_failed, waiting_to_run
+from kubetune.operator.reconcile import CREATE_THREADS, Reconciler, owner_of, recreation_failed, waiting_to_run
 from kubetune.operator.settings import OperatorConfig
 from kubetune.render import RenderSettings
 
@@ -46,6 +46,7 @@ RETRY_INTERVAL = 10.0
 WAITING_INTERVAL = 10.0
 PEERING_LIFETIME = 15  # seconds
 DEFAULT_NS = "default"  # both kinds are namespaced; Kopf types namespace as optional
+WORKERS = 16  # Kopf's threads for the (sync) handlers; see configure_kopf
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -59,7 +60,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.INFO
     # Handlers are sync and spend their time waiting on the API server, not on the CPU: more threads
     # than Python's default (cores + 4) keep a burst of new jobs from queueing behind each other.
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = WORKERS
     # With --peering (2+ replicas): a replica killed without cleanup (SIGKILL, node loss) is taken
     # over once its record is this old; a SIGTERM'd one removes its record and is replaced at once.
     settings.peering.lifetime = PEERING_LIFETIME
@@ -87,7 +88,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     config = OperatorConfig.from_env()
     configure_kopf(settings)
     render_settings = RenderSettings(trainer_image=config.trainer_image, image_pull_policy=config.image_pull_policy)
-    memo.reconciler = Reconciler(Kube(connect()), render_settings, metrics.Metrics(), config.default_backend)
+    kube = Kube(connect(pool_size=WORKERS + CREATE_THREADS))
+    memo.reconciler = Reconciler(kube, render_settings, metrics.Metrics(), config.default_backend)
     memo.metrics_server = (
         await metrics.serve(memo.reconciler.metrics, config.metrics_port) if config.metrics_port else None
     )
@@ -147,11 +149,13 @@ def propagate_suspend(namespace: str | None, name: str, new: Any, memo: kopf.Mem
 
 
 @kopf.on.event(*FTJ)
-def follow_finetunejob(event: kopf.RawEvent, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+def follow_finetunejob(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
     if event["type"] == "DELETED":
         memo.reconciler.forget(namespace or DEFAULT_NS, name)
     else:
-        memo.reconciler.sync_status(namespace or DEFAULT_NS, name)
+        memo.reconciler.sync_status(namespace or DEFAULT_NS, name, seen=body)
 
 
 def _follow_child(event: kopf.RawEvent, body: kopf.Body, namespace: str | None, memo: kopf.Memo) -> None:

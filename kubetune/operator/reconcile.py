@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import kopf
@@ -31,6 +32,8 @@ from kubetune.render import RenderSettings, build_children, cluster_problems, jo
 from kubetune.render.pod import QUEUE_NAME_LABEL
 
 MAX_BACKOFF = 60.0
+# Threads creating children at once, across all jobs: a burst of new jobs shares them.
+CREATE_THREADS = 8
 
 
 def backoff(retry: int) -> float:
@@ -58,6 +61,10 @@ class Reconciler:
         self.metrics = metrics
         self._locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._locks_lock = threading.Lock()
+        # Per job, the resourceVersion of the operator's last status write (see sync_status).
+        self._own_writes: dict[tuple[str, str], str | None] = {}
+        # Creates a job's independent children side by side (see _create_children).
+        self._creator = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create-children")
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_lock:
@@ -154,14 +161,17 @@ class Reconciler:
         self.metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], c.FAILED)
 
     def _create_children(self, owner: dict[str, Any], children: list[dict[str, Any]], job_api: JobApi) -> bool:
-        """Create what is missing, in order (the training job last); True if the training job was new.
+        """Create what is missing, the training job last; True if the training job was new.
+
+        The others (ConfigMap, trainer RBAC, TrainingRuntime) do not depend on each other, so they
+        are created at once: a new job then waits on two round trips, not five. The training job
+        waits for them all, as its pods mount the ConfigMap and run as the ServiceAccount.
 
         Names are deterministic, so a restarted operator finds what it made before (409) and
         adopts it instead of making a second one; an object of that name owned by something else
         is an error for the user to resolve, not something to take over.
         """
         uid = owner["metadata"].get("uid")
-        made_job = False
         for child in children:
             if child["kind"] == job_api.kind:
                 annotations = child["metadata"].setdefault("annotations", {})
@@ -169,17 +179,22 @@ class Reconciler:
             # Only the owner reference: kopf.adopt would also copy every label of the FineTuneJob
             # (Argo CD tracking, Kueue queue labels) onto each child, where they mean something else.
             kopf.append_owner_reference(child, owner=cast(kopf.Body, owner))
-            created = self.kube.create(child)
-            if created is not None:
-                made_job = made_job or child["kind"] == job_api.kind
-                continue
-            stored = self.kube.read(child) or {}
-            if not _owned_by(stored, uid):
-                raise kopf.PermanentError(
-                    f"{child['kind']} {child['metadata']['name']} already exists and does not belong to this "
-                    "FineTuneJob; delete or rename it"
-                )
-        return made_job
+        first = [child for child in children if child["kind"] != job_api.kind]
+        last = [child for child in children if child["kind"] == job_api.kind]
+        list(self._creator.map(lambda child: self._create_child(child, uid), first))  # raises the first failure
+        return any([self._create_child(child, uid) for child in last])
+
+    def _create_child(self, child: dict[str, Any], owner_uid: str | None) -> bool:
+        """Create one child; False when it was there already (and is ours)."""
+        if self.kube.create(child) is not None:
+            return True
+        stored = self.kube.read(child) or {}
+        if not _owned_by(stored, owner_uid):
+            raise kopf.PermanentError(
+                f"{child['kind']} {child['metadata']['name']} already exists and does not belong to this "
+                "FineTuneJob; delete or rename it"
+            )
+        return False
 
     # ---- suspend -------------------------------------------------------------------------------
 
@@ -227,10 +242,29 @@ class Reconciler:
 
     # ---- status --------------------------------------------------------------------------------
 
-    def sync_status(self, namespace: str, name: str, deleted: Mapping[str, Any] | None = None) -> None:
+    def sync_status(
+        self,
+        namespace: str,
+        name: str,
+        deleted: Mapping[str, Any] | None = None,
+        seen: Mapping[str, Any] | None = None,
+    ) -> None:
         """Recompute the status from the stored pair. `deleted`: the training job's final state, when
-        the event behind this call is its deletion."""
+        the event behind this call is its deletion. `seen`: the FineTuneJob as its watch event
+        brought it; when nothing was made for it yet, there is nothing to read (the create handler
+        reports that stage), and a later version that has its children comes with its own event.
+        Nor when `seen` is the operator's own last status write coming back: that status was
+        computed from fresh reads, a later change of the FineTuneJob has another resourceVersion,
+        and a change of the training job brings an event of its own."""
+        seen_status = (seen or {}).get("status") or {}
+        if seen is not None and not backends.child_made(seen_status):
+            if not (seen.get("metadata") or {}).get("deletionTimestamp"):
+                self.metrics.set_phase(namespace, name, seen_status.get("phase") or c.PENDING)
+            return
         with self.metrics.reconcile("status"), self._lock(namespace, name):
+            version = ((seen or {}).get("metadata") or {}).get("resourceVersion")
+            if version is not None and self._own_writes.get((namespace, name)) == version:
+                return
             body = self.kube.get_finetunejob(namespace, name)
             if body is None:
                 self.metrics.forget(namespace, name)
@@ -292,8 +326,10 @@ class Reconciler:
     def _pod_waiting(
         self, namespace: str, job_api: JobApi, name: str, child: dict[str, Any] | None, body: Mapping[str, Any]
     ) -> tuple[str, str] | None:
-        """Why the pods of a started, not yet training job wait (looked up only then)."""
-        if child is None or job_api.suspended(child):
+        """Why the pods of a started, not yet training job wait (looked up only then). A training job
+        without any status has not been seen by its controller, so it has no pods to ask about yet;
+        the re-check timer looks again while the job is Pending."""
+        if child is None or not child.get("status") or job_api.suspended(child):
             return None
         suspend = bool((body.get("spec") or {}).get("suspend"))
         if st.job_phase(job_api, child, user_suspended=suspend, stage=None)[0] != c.PENDING:
@@ -304,11 +340,13 @@ class Reconciler:
         self.metrics.forget(namespace, name)
         with self._locks_lock:
             self._locks.pop((namespace, name), None)
+        self._own_writes.pop((namespace, name), None)
 
     def _patch_status(self, body: Mapping[str, Any], patch: dict[str, Any]) -> None:
         if patch:
             meta = body["metadata"]
-            self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+            written = self.kube.patch_finetunejob_status(meta["namespace"], meta["name"], patch)
+            self._own_writes[(meta["namespace"], meta["name"])] = written
 
 
 def awaiting_result(status: Mapping[str, Any]) -> bool:
