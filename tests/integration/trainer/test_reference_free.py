@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.parametrize(
     ("preference", "method", "training"),
     [
-        ({"loss": "orpo", "beta": 0.1}, {"type": "lora"}, {"learningRate": 0.005}),
+        ({"loss": "orpo", "beta": 0.1}, {"type": "lora"}, {"learningRate": 0.005, "evalEverySteps": 6}),
         ({"loss": "simpo", "beta": 2.0, "simpoGamma": 0.5}, {"type": "lora"}, {"learningRate": 0.005}),
         ({"loss": "simpo", "beta": 2.0}, {"type": "full", "lora": None}, {"learningRate": 0.0005}),
     ],
@@ -37,6 +37,7 @@ def test_reference_free_loss_falls_margin_grows_without_a_reference(
         stage="dpo",
         preference=preference,
         datasets=[{"source": str(data)}],
+        data={"validationSplit": 0.25},
         method=method,
         training={**steps, **training},
     )
@@ -56,4 +57,7 @@ def test_reference_free_loss_falls_margin_grows_without_a_reference(
     assert loss[-1] < loss[0], loss
     assert margins[-1] > margins[0], margins
     assert accuracies[-1] >= accuracies[0] and accuracies[-1] == 1.0, accuracies
+    evals = [e for e in progress_events(output / "progress.jsonl") if "evalLoss" in e]
+    if "evalEverySteps" in training:  # held-out pairs are scored by the same reference-free loss
+        assert len(evals) >= 2 and evals[-1]["evalLoss"] < evals[0]["evalLoss"], evals
     assert (output / "manifest.json").is_file() and (output / "model" / "config.json").is_file()
