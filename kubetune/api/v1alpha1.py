@@ -204,7 +204,9 @@ class Stage(str, Enum):
 
 
 class PreferenceLoss(str, Enum):
-    """TRL 1.16 DPOConfig.loss_type names (LLaMA-Factory's pref_loss shares sigmoid, hinge and ipo)."""
+    """TRL 1.16 DPOConfig.loss_type names (LLaMA-Factory's pref_loss shares sigmoid, hinge and ipo), plus
+    LLaMA-Factory 0.9.5's two reference-free losses, orpo and simpo, computed as LLaMA-Factory computes them
+    (kubetune.trainer.stages.reference_free)."""
 
     sigmoid = "sigmoid"
     hinge = "hinge"
@@ -215,6 +217,11 @@ class PreferenceLoss(str, Enum):
     nca_pair = "nca_pair"
     apo_zero = "apo_zero"
     apo_down = "apo_down"
+    orpo = "orpo"
+    simpo = "simpo"
+
+
+REFERENCE_FREE_LOSSES = (PreferenceLoss.orpo.value, PreferenceLoss.simpo.value)
 
 
 class NcclDebug(str, Enum):
@@ -625,20 +632,28 @@ class PreferenceSpec(_Model):
                 "!has(self.labelSmoothing) || self.labelSmoothing == 0.0 || (has(self.loss) && self.loss == 'robust')",
                 "labelSmoothing applies only to loss: robust",
             ),
+            (
+                "!has(self.simpoGamma) || (has(self.loss) && self.loss == 'simpo')",
+                "simpoGamma applies only to loss: simpo",
+            ),
         )
     )
 
     loss: PreferenceLoss = Field(
         default=PreferenceLoss.sigmoid,
         description="TRL loss_type: sigmoid (DPO), hinge (SLiC), ipo, robust (rDPO, with labelSmoothing), bco_pair, "
-        "sppo_hard, nca_pair, apo_zero or apo_down.",
+        "sppo_hard, nca_pair, apo_zero or apo_down; or LLaMA-Factory's reference-free losses: orpo (odds-ratio "
+        "preference plus an SFT loss on the chosen answer, beta weighting the odds-ratio term) or simpo (a margin "
+        "on length-averaged log-probabilities, with simpoGamma). orpo and simpo build and run no reference model "
+        "(no model.reference); LLaMA-Factory's defaults for them are pref_beta 0.1 and simpo_gamma 0.5.",
     )
     beta: float = Field(
         default=0.1,
         gt=0,
         le=10,
         description="How far the policy may move from the reference (TRL beta, LLaMA-Factory pref_beta); "
-        "higher stays closer. For ipo it is the regularisation tau.",
+        "higher stays closer. For ipo it is the regularisation tau; for orpo the weight of the odds-ratio term; "
+        "for simpo the reward scale (LLaMA-Factory's default 0.1 for both; the SimPO paper uses 2 to 10).",
     )
     label_smoothing: float = Field(
         default=0.0,
@@ -652,6 +667,13 @@ class PreferenceSpec(_Model):
         le=10,
         description="Weight of an added SFT loss on the chosen answers (LLaMA-Factory pref_ftx; TRL's sft loss "
         "beside the preference loss). 0 = none.",
+    )
+    simpo_gamma: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="loss simpo: the target reward margin between chosen and rejected (LLaMA-Factory simpo_gamma, "
+        "default 0.5; the loss is -logsigmoid(beta x (avg logp chosen - avg logp rejected) - simpoGamma)).",
     )
     desirable_weight: float = Field(
         default=1.0,
@@ -673,6 +695,8 @@ class PreferenceSpec(_Model):
     def _consistent(self) -> PreferenceSpec:
         if self.label_smoothing and self.loss != PreferenceLoss.robust.value:
             raise ValueError(f"labelSmoothing applies only to loss: robust (loss is {self.loss})")
+        if "simpo_gamma" in self.model_fields_set and self.loss != PreferenceLoss.simpo.value:
+            raise ValueError(f"simpoGamma applies only to loss: simpo (loss is {self.loss})")
         return self
 
 
@@ -1053,6 +1077,11 @@ class FineTuneJobSpec(_Model):
                 "preference.loss, labelSmoothing and sftWeight apply only to stage: dpo",
             ),
             (
+                "!(has(self.model.reference) && has(self.preference) && has(self.preference.loss)"
+                " && (self.preference.loss == 'orpo' || self.preference.loss == 'simpo'))",
+                "model.reference does not apply to preference.loss orpo or simpo: they are reference-free",
+            ),
+            (
                 "!(has(self.stage) && self.stage == 'dpo' && has(self.training) && has(self.training.packing)"
                 " && self.training.packing)",
                 "stage dpo trains on whole pairs and cannot pack them; remove training.packing",
@@ -1088,13 +1117,13 @@ class FineTuneJobSpec(_Model):
     stage: Stage = Field(
         default=Stage.sft,
         description="What is learnt: sft (answers to prompts), dpo (preferring chosen over rejected answers, "
-        "with the frozen base as reference), kto (single answers tagged desirable or not, against the same "
-        "reference) or pt (continued pre-training on plain text).",
+        "with the frozen base as reference, or none for preference.loss orpo and simpo), kto (single answers "
+        "tagged desirable or not, against the same reference as dpo) or pt (continued pre-training on plain text).",
     )
     preference: PreferenceSpec | None = Field(
         default=None,
         description="stages dpo and kto: the preference loss and its settings (defaults: sigmoid, beta 0.1, "
-        "KTO weights 1).",
+        "simpoGamma 0.5, KTO weights 1).",
     )
     datasets: list[DatasetSpec] = Field(min_length=1, max_length=64, description="One or more datasets, mixed.")
     data: DataOptions = Field(default_factory=DataOptions, description="Mixing, validation and masking.")
@@ -1185,6 +1214,11 @@ class FineTuneJobSpec(_Model):
             and {"loss", "label_smoothing", "sft_weight"} & pref.model_fields_set
         ):
             raise ValueError("preference.loss, labelSmoothing and sftWeight apply only to stage: dpo")
+        if self.model.reference is not None and pref is not None and pref.loss in REFERENCE_FREE_LOSSES:
+            raise ValueError(
+                f"model.reference does not apply to preference.loss {pref.loss}: it is reference-free "
+                "(no reference model is built or run)"
+            )
         if stage in (Stage.dpo.value, Stage.kto.value) and self.training.packing:
             what = "pairs" if stage == Stage.dpo.value else "examples"
             raise ValueError(f"stage {stage} trains on whole {what} and cannot pack them; remove training.packing")

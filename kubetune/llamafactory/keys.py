@@ -100,8 +100,8 @@ def _refuse_if(bad: Callable[[Any], bool], message: str, name: str) -> Apply:
 
 
 STAGES = ("sft", "dpo", "kto", "pt")
-# LLaMA-Factory pref_loss -> TRL loss_type (spec.preference.loss); the others have no TRL DPO loss here.
-PREF_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo"}
+# LLaMA-Factory pref_loss -> spec.preference.loss (TRL loss_type, or LF's own reference-free orpo/simpo).
+PREF_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo", "orpo": "orpo", "simpo": "simpo"}
 
 
 def _stage(value: Any, draft: Draft) -> None:
@@ -127,6 +127,11 @@ def _preference(path: str, stages: tuple[str, ...], name: str) -> Apply:
         draft.set(f"preference.{path}", value)
 
     return apply
+
+
+def _simpo_gamma(value: Any, draft: Draft) -> None:
+    if draft.get("stage") == "dpo" and draft.get("pref_loss") == "simpo":  # LF reads it for simpo only
+        draft.set("preference.simpoGamma", value)
 
 
 def _do_train(value: Any, draft: Draft) -> None:
@@ -361,8 +366,9 @@ KEYS: tuple[Key, ...] = (
         "pref_loss",
         "spec.preference.loss",
         _preference("loss", ("dpo",), "pref_loss"),
-        "dpo: `sigmoid`, `hinge`, `ipo`; `kto_pair`, `orpo`, `simpo` are refused.",
+        "dpo: `sigmoid`, `hinge`, `ipo`, and the reference-free `orpo`, `simpo`; `kto_pair` is refused.",
     ),
+    Key("simpo_gamma", "spec.preference.simpoGamma", _simpo_gamma, "dpo with `pref_loss: simpo`."),
     Key("pref_ftx", "spec.preference.sftWeight", _preference("sftWeight", ("dpo",), "pref_ftx"), "dpo."),
     Key(
         "kto_chosen_weight",

@@ -231,6 +231,20 @@ def _cel_ok(rules: list[dict[str, str]], value: dict[str, Any]) -> list[str]:
             "model.reference applies only to stage: dpo or kto",
         ),
         (["preference"], {"labelSmoothing": 0.1}, "labelSmoothing applies only to loss: robust"),
+        (["preference"], {"loss": "orpo", "simpoGamma": 1.0}, "simpoGamma applies only to loss: simpo"),
+        *(
+            (
+                [],
+                {
+                    "datasets": [{"source": "x"}],
+                    "stage": "dpo",
+                    "model": {"source": "x", "reference": "y"},
+                    "preference": {"loss": loss},
+                },
+                "model.reference does not apply to preference.loss orpo or simpo",
+            )
+            for loss in ("orpo", "simpo")
+        ),
         (["env", "[]"], {"name": "HF_TOKEN"}, "set exactly one of value and secretKeyRef"),
     ],
 )

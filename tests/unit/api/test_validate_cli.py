@@ -124,7 +124,25 @@ BAD = [
         "spec.model.reference",
         "unsupported URI scheme 'gs://'",
     ),
-    ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "orpo"}}), "spec.preference.loss", "must be one of"),
+    ("bad-loss", _with({"stage": "dpo", "preference": {"loss": "kto_pair"}}), "spec.preference.loss", "must be one of"),
+    (
+        "reference-with-orpo",
+        _with(
+            {
+                "stage": "dpo",
+                "model": {"source": "Qwen/Qwen2.5-0.5B", "reference": "Qwen/Qwen2.5-0.5B-Instruct"},
+                "preference": {"loss": "orpo"},
+            }
+        ),
+        "spec",
+        "model.reference does not apply to preference.loss orpo: it is reference-free",
+    ),
+    (
+        "simpo-gamma-on-sigmoid",
+        _with({"stage": "dpo", "preference": {"simpoGamma": 1.0}}),
+        "spec.preference",
+        "simpoGamma applies only to loss: simpo",
+    ),
     ("beta-zero", _with({"stage": "dpo", "preference": {"beta": 0}}), "spec.preference.beta", "must be > 0"),
     (
         "smoothing-on-sigmoid",

@@ -333,9 +333,11 @@ def test_trackers_workers_and_timeout_map_to_fields(tmp_path: Path, capsys: pyte
     ("stage", "extra", "message"),
     [
         ("ppo", "", "stage: 'ppo' is not supported: kubetune trains sft, dpo, kto, pt"),
-        ("dpo", "pref_loss: orpo\n", "pref_loss: 'orpo' is not supported: stage dpo trains sigmoid, hinge, ipo"),
-        ("dpo", "pref_loss: kto_pair\n", "pref_loss: 'kto_pair' is not supported"),
-        ("dpo", "pref_loss: simpo\n", "pref_loss: 'simpo' is not supported"),
+        (
+            "dpo",
+            "pref_loss: kto_pair\n",
+            "pref_loss: 'kto_pair' is not supported: stage dpo trains sigmoid, hinge, ipo, orpo, simpo",
+        ),
     ],
 )
 def test_stages_and_preference_losses_kubetune_does_not_train_exit_1_naming_the_key(
