@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.integration.trainer.helpers import job, losses, progress_events, run_trainer, trainer_env, write_job
 from tests.integration.trainer.helpers import write_jsonl as write_rows
+from tests.integration.trainer.test_kto import tagged_rows
 
 pytestmark = pytest.mark.integration
 
@@ -67,6 +69,14 @@ def test_dpo_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: P
     assert (output / "model" / "config.json").is_file()
 
 
+# stage -> (its rows, its loss at step 0: policy = reference, so DPO's is log 2 and KTO's 0.5)
+PREFERENCE_STAGES: dict[str, tuple[Callable[[int], list[dict[str, Any]]], float]] = {
+    "dpo": (preference_rows, 0.6931),
+    "kto": (tagged_rows, 0.5),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(PREFERENCE_STAGES))
 @pytest.mark.parametrize(
     ("method", "training"),
     [
@@ -75,18 +85,19 @@ def test_dpo_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: P
     ],
     ids=["qlora", "full"],
 )
-def test_dpo_with_qlora_and_full_prefers_chosen_and_exports(
-    method: dict[str, Any], training: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
+def test_preference_stages_with_qlora_and_full_prefer_the_pattern_and_export(
+    stage: str, method: dict[str, Any], training: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    data = write_rows(tmp_path / "pairs.jsonl", preference_rows(32))
+    rows, start_loss = PREFERENCE_STAGES[stage]
+    data = write_rows(tmp_path / "rows.jsonl", rows(32))
     output = tmp_path / "out"
     steps = {"maxSteps": 8, "learningRate": 0.005, "checkpointEverySteps": 8, "loggingSteps": 1}
     spec = job(
-        "dpo",
+        stage,
         str(tiny_model_dir),
         str(data),
         str(output),
-        stage="dpo",
+        stage=stage,
         datasets=[{"source": str(data)}],
         method=method,
         training={**steps, **training},
@@ -95,7 +106,7 @@ def test_dpo_with_qlora_and_full_prefers_chosen_and_exports(
     assert run.code == 0, run.stderr[-4000:]
     events = [e for e in progress_events(output / "progress.jsonl") if e.get("stage") == "training" and "loss" in e]
     # Reference = the starting model (quantized base with the adapter off; a frozen copy for full).
-    assert abs(events[0]["loss"] - 0.6931) < 1e-3, events[0]
+    assert abs(events[0]["loss"] - start_loss) < 1e-3, events[0]
     assert events[-1]["loss"] < events[0]["loss"] and events[-1]["rewardMargin"] > events[0]["rewardMargin"]
     assert (output / "manifest.json").is_file() and (output / "model" / "config.json").is_file()
 

@@ -67,34 +67,4 @@ def test_kto_lora_loss_falls_margin_grows_and_exports_like_sft(tiny_model_dir: P
     assert (output / "model" / "config.json").is_file()
 
 
-@pytest.mark.parametrize(
-    ("method", "training"),
-    [
-        ({"type": "qlora", "quantization": {"bits": 4, "quantType": "nf4"}}, {"gradientCheckpointing": True}),
-        ({"type": "full", "lora": None}, {"learningRate": 0.0005}),
-    ],
-    ids=["qlora", "full"],
-)
-def test_kto_with_qlora_and_full_prefers_desirable_and_exports(
-    method: dict[str, Any], training: dict[str, Any], tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    data = write_rows(tmp_path / "kto.jsonl", tagged_rows(32))
-    output = tmp_path / "out"
-    steps = {"maxSteps": 8, "learningRate": 0.005, "checkpointEverySteps": 8, "loggingSteps": 1}
-    spec = job(
-        "kto",
-        str(tiny_model_dir),
-        str(data),
-        str(output),
-        stage="kto",
-        datasets=[{"source": str(data)}],
-        method=method,
-        training={**steps, **training},
-    )
-    run = run_trainer(write_job(tmp_path / "job.yaml", spec), trainer_env(tmp_path))
-    assert run.code == 0, run.stderr[-4000:]
-    events = [e for e in progress_events(output / "progress.jsonl") if e.get("stage") == "training" and "loss" in e]
-    # Reference = the starting model (quantized base with the adapter off; a frozen copy for full).
-    assert abs(events[0]["loss"] - 0.5) < 1e-3, events[0]
-    assert events[-1]["loss"] < events[0]["loss"] and events[-1]["rewardMargin"] > events[0]["rewardMargin"]
-    assert (output / "manifest.json").is_file() and (output / "model" / "config.json").is_file()
+# qlora and full: tests/integration/trainer/test_dpo.py (one test for both preference stages).
