@@ -206,8 +206,10 @@ def trainer_command(job: api.FineTuneJob, settings: RenderSettings, config_path:
     """The training container's full command line (also what `kubetune run --local` runs)."""
     # Leave 30 s of the pod's grace period for the launcher and torchrun themselves.
     shutdown = max(settings.termination_grace_seconds - 30, 30)
+    # In-place restarts are for a lost peer; one node has none, and a failure there restarts the pod.
+    restarts = WORKER_RESTARTS if job.spec.resources.nodes > 1 else 0
     # The rendezvous is the job's own (its store lives in the master pod), so its name is id enough.
-    return [*LAUNCHER, *torchrun_args(child_names(job).job, config_path, shutdown)]
+    return [*LAUNCHER, *torchrun_args(child_names(job).job, config_path, shutdown, restarts)]
 
 
 def container_resources(spec: api.FineTuneJobSpec) -> dict[str, Any]:

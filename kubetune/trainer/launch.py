@@ -175,6 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def max_restarts(args: Sequence[str]) -> int:
+    """torchrun's --max-restarts (or --max_restarts) in these arguments; its default is 0."""
+    for i, arg in enumerate(args):
+        if arg in ("-m", "--module"):
+            break  # the training module's own arguments follow
+        name, eq, value = arg.partition("=")
+        if name in ("--max-restarts", "--max_restarts"):
+            return int(value if eq else args[i + 1])
+    return 0
+
+
 # How often the launcher looks for a rank's permanent failure while torchrun runs.
 POLL_S = 1.0
 
@@ -184,12 +195,16 @@ def _run(torchrun: str, args: list[str], env: dict[str, str], exit_dir: Path) ->
 
     torchrun restarts failed workers (`--max-restarts`), which helps with a lost peer but only
     repeats a bad spec, an OOM or a NaN loss: once a rank reports a permanent code, torchrun is
-    stopped (SIGTERM, as for preemption) and the pod fails with that code at once."""
+    stopped and the pod fails with that code at once. SIGKILL, not SIGTERM: there is no checkpoint
+    worth saving after a permanent failure, its workers die with it (`die_with_parent`), and
+    torchrun answers SIGTERM with a traceback of its own that would bury the rank's one-line error."""
     # Its own session: a terminal's Ctrl-C reaches torchrun once, through us, not twice.
     child = subprocess.Popen(
         [torchrun, *args], env=env, start_new_session=True, preexec_fn=parent_death_signal(signal.SIGKILL)
     )
     received: list[int] = []
+    # Without in-place restarts torchrun ends on the first failure by itself, with its own report.
+    restarts = max_restarts(args)
 
     def forward(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
@@ -205,9 +220,9 @@ def _run(torchrun: str, args: list[str], env: dict[str, str], exit_dir: Path) ->
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if not stopped and any(c in PERMANENT for c in read_rank_codes(exit_dir)):
+            if restarts and not stopped and any(c in PERMANENT for c in read_rank_codes(exit_dir)):
                 stopped = True
-                child.send_signal(signal.SIGTERM)
+                child.kill()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -11,7 +11,7 @@ from kubetune import render
 from kubetune.api.validation import load_job_file
 from kubetune.render.pod import WORKER_RESTARTS
 from kubetune.render.trainjob import JOBSET_RESTARTS
-from kubetune.trainer.launch import rendezvous_env
+from kubetune.trainer.launch import max_restarts, rendezvous_env
 
 ROOT = Path(__file__).resolve().parents[3]
 ARGS = render.torchrun_args("ft")  # what the rendered pods run
@@ -24,7 +24,7 @@ def _training_args(children: list[dict], backend: str) -> list[str]:
         return list(job["spec"]["trainer"]["args"])
     replicas = job["spec"]["pytorchReplicaSpecs"]
     args = {role: replicas[role]["template"]["spec"]["containers"][0]["args"] for role in replicas}
-    assert args["Master"] == args["Worker"]  # every node runs the same rendezvous
+    assert all(a == args["Master"] for a in args.values())  # every node runs the same rendezvous
     return list(args["Master"])
 
 
@@ -38,6 +38,28 @@ def test_torchrun_joins_an_elastic_rendezvous_and_restarts_workers_in_place(back
     assert f"--max-restarts={WORKER_RESTARTS}" in torchrun and WORKER_RESTARTS > 0
     # Fixed size: a round forms only with every node, never with the survivors alone.
     assert not any(a.startswith(("--nnodes", "--rdzv-endpoint", "--standalone")) for a in torchrun)
+
+
+@pytest.mark.parametrize("backend", [render.PYTORCHJOB, render.TRAINJOB])
+def test_one_node_has_no_peer_to_lose_so_its_workers_are_not_restarted_in_place(backend: str) -> None:
+    # A failure on one node ends torchrun at once with its own report; the pod restart retries.
+    job = load_job_file(str(ROOT / "examples" / "llama3-8b-qlora-1gpu.yaml"))
+    assert job.spec.resources.nodes == 1
+    args = _training_args(render.build_children(job, SETTINGS, backend), backend)
+    assert "--max-restarts=0" in args[: args.index("-m")]
+
+
+@pytest.mark.parametrize(
+    ("args", "restarts"),
+    [
+        (ARGS, WORKER_RESTARTS),
+        (["--max_restarts", "2", "-m", "kubetune.trainer"], 2),
+        (["--nnodes", "2", "-m", "kubetune.trainer", "--max-restarts=9"], 0),  # the module's own argument
+        (["--standalone", "train.py"], 0),
+    ],
+)
+def test_the_launcher_reads_torchruns_restart_budget(args: list[str], restarts: int) -> None:
+    assert max_restarts(args) == restarts
 
 
 def test_trainjob_runtime_restarts_the_whole_jobset_a_bounded_number_of_times() -> None:
