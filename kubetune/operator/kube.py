@@ -143,6 +143,17 @@ class Kube:
             if any(ref.get("uid") == owner_uid for ref in (w.get("metadata") or {}).get("ownerReferences") or [])
         ]
 
+    def serves_workloads(self, namespace: str) -> bool:
+        """Whether Kueue is installed (its Workload resource is served)."""
+        group, version, plural = WORKLOAD
+        try:
+            self.custom.list_namespaced_custom_object(group, version, namespace, plural, limit=1)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         group, version, plural = WORKLOAD
         self.custom.patch_namespaced_custom_object(

@@ -29,7 +29,7 @@ from kubetune.operator.backends import JobApi
 from kubetune.operator.kube import Kube
 from kubetune.operator.metrics import Metrics
 from kubetune.render import RenderSettings, build_children, cluster_problems, job_name, resolve_backend
-from kubetune.render.pod import QUEUE_NAME_LABEL
+from kubetune.render.pod import QUEUE_NAME_LABEL, queue_labels
 
 MAX_BACKOFF = 60.0
 # Threads creating children at once, across all jobs: a burst of new jobs shares them.
@@ -206,13 +206,37 @@ class Reconciler:
             child = self.kube.get_job(job_api, namespace, child_name) if body and job_api else None
             if body is None or job_api is None or child is None or not _owned_by(child, body["metadata"].get("uid")):
                 return  # not created yet: it will be rendered with the current spec.suspend
-            if self._hold_in_queue(body, job_api, child, suspend):
+            handed = not suspend and self._hand_to_queue(body, job_api, child)
+            if self._hold_in_queue(body, job_api, child, suspend) or handed:
                 return
             if job_api.suspended(child) is suspend:
                 return
             self.kube.patch_job(job_api, namespace, child_name, job_api.suspend_patch(suspend))
             reason = c.REASON_SUSPENDING if suspend else c.REASON_RESUMING
             self._event(body, "Normal", reason, f"{reason} {job_api.kind} {child_name}")
+
+    def _hand_to_queue(self, body: Mapping[str, Any], job_api: JobApi, child: Mapping[str, Any]) -> bool:
+        """Resume a job that was created held, out of Kueue's sight (render/pod.py `queue_labels`):
+        add Kueue's labels and leave the job suspended for Kueue to admit and start. False when
+        there is nothing to hand over (no queue, labels already there) or Kueue is not installed."""
+        meta = child.get("metadata") or {}
+        try:
+            wanted = queue_labels(parse_job(_as_manifest(body)), held=False)
+        except SpecError:
+            return False  # a spec the operator refused: the status already says so
+        labels = meta.get("labels") or {}
+        if QUEUE_NAME_LABEL not in wanted or QUEUE_NAME_LABEL in labels:
+            return False
+        if not self.kube.serves_workloads(meta["namespace"]):
+            return False
+        self.kube.patch_job(job_api, meta["namespace"], meta["name"], {"metadata": {"labels": wanted}})
+        self._event(
+            body,
+            "Normal",
+            c.REASON_RESUMING,
+            f"{c.REASON_RESUMING} {job_api.kind} {meta['name']}: queued in Kueue LocalQueue {wanted[QUEUE_NAME_LABEL]}",
+        )
+        return True
 
     def _hold_in_queue(self, body: Mapping[str, Any], job_api: JobApi, child: Mapping[str, Any], suspend: bool) -> bool:
         """Suspend or resume a job that Kueue manages through its Workload's spec.active: Kueue
@@ -222,8 +246,7 @@ class Reconciler:
         or it has not made one yet): then the job's suspend is set directly, and this runs again
         on the job's next change (sync_status) to catch a revert."""
         meta = child.get("metadata") or {}
-        if QUEUE_NAME_LABEL not in (meta.get("labels") or {}):
-            return False
+        # Also without a queue label: Kueue's manageJobsWithoutQueueName makes Workloads for those.
         namespace = meta["namespace"]
         workloads = self.kube.workloads_of(namespace, meta["uid"])
         for workload in workloads:

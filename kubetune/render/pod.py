@@ -248,10 +248,14 @@ def _tolerations(spec: api.FineTuneJobSpec) -> list[dict[str, Any]]:
 QUEUE_NAME_LABEL = "kueue.x-k8s.io/queue-name"
 
 
-def queue_labels(job: api.FineTuneJob) -> dict[str, str]:
-    """Kueue's labels, for the object Kueue manages (the PyTorchJob or the TrainJob)."""
+def queue_labels(job: api.FineTuneJob, *, held: bool | None = None) -> dict[str, str]:
+    """Kueue's labels, for the object Kueue manages (the PyTorchJob or the TrainJob).
+
+    No queue name on a job held (`spec.suspend` at creation): Kueue admits and un-suspends every
+    queued job it sees, and has no way to make its Workload inactive from the start, so a held job
+    stays out of Kueue's sight until resumed; the operator then adds the label (and Kueue starts it)."""
     out: dict[str, str] = {}
-    if job.spec.queue_name:
+    if job.spec.queue_name and not (job.spec.suspend if held is None else held):
         out[QUEUE_NAME_LABEL] = job.spec.queue_name
     if job.spec.priority:
         out["kueue.x-k8s.io/priority-class"] = job.spec.priority

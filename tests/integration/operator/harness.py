@@ -395,6 +395,7 @@ class FakeKueue:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fake-kueue", daemon=True)
         self.errors: list[BaseException] = []
+        self.passes = 0  # completed looks at every job: "Kueue has seen it" without sleeping
 
     def install(self) -> FakeKueue:
         self.cluster.ext.create_custom_resource_definition(WORKLOAD_CRD)
@@ -420,6 +421,7 @@ class FakeKueue:
         while not self._stop.wait(0.05):
             try:
                 self.step()
+                self.passes += 1
             except ApiException as exc:
                 if exc.status not in (404, 409, 422):  # raced with the operator or a deletion
                     self.errors.append(exc)

@@ -79,12 +79,29 @@ def test_suspend_deactivates_the_workload_and_kueue_stops_the_job(
     wait_for("phase Training again", lambda: cluster.phase(name) == "Training")
 
 
-def test_a_job_created_suspended_is_not_started_by_kueue(cluster: Cluster, kueue: FakeKueue) -> None:
-    """Kueue admits the new job and un-suspends it; the operator sees a job running against
-    spec.suspend and deactivates its Workload, and Kueue stops it."""
-    cluster.create_job(job_manifest("kq-held", backend="trainjob", queueName="team-a", suspend=True))
-    wait_for("the Workload deactivated", lambda: _active(kueue, "kq-held") is False)
-    wait_for("Kueue suspending the job", lambda: _suspended(cluster, "trainjob", "kq-held"))
-    wait_for("phase Suspended", lambda: cluster.phase("kq-held") == "Suspended")
-    suspended = cluster.condition("kq-held", "Suspended") or {}
-    assert suspended["status"] == "True"
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_a_job_created_suspended_stays_out_of_kueue_until_resumed(
+    cluster: Cluster, kueue: FakeKueue, backend: str
+) -> None:
+    """Kueue admits and un-suspends every queued job it sees and cannot make a Workload inactive
+    from the start, so a job created suspended is created without Kueue's labels: Kueue never sees
+    it (no Workload, never started). On resume the operator adds the labels and leaves the job
+    suspended: Kueue makes the Workload, admits it within quota and starts it."""
+    name = f"kq-held-{backend}"
+    cluster.create_job(job_manifest(name, backend=backend, queueName="team-a", suspend=True))
+    wait_for("the training job", lambda: _child(cluster, backend, name))
+    wait_for("phase Suspended", lambda: cluster.phase(name) == "Suspended")
+    looked = kueue.passes
+    wait_for("Kueue looking at every job twice more", lambda: kueue.passes >= looked + 2)
+    child = _child(cluster, backend, name) or {}
+    assert "kueue.x-k8s.io/queue-name" not in (child["metadata"].get("labels") or {})
+    assert kueue.workload(name) is None and _suspended(cluster, backend, name), "Kueue started a held job"
+
+    cluster.patch_job(name, {"spec": {"suspend": False}})
+    wait_for("Kueue's Workload", lambda: _active(kueue, name))
+    labels = (_child(cluster, backend, name) or {})["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    wait_for("Kueue admitting the job", lambda: not _suspended(cluster, backend, name))
+    _start_training(cluster, backend, name)
+    wait_for("phase Training", lambda: cluster.phase(name) == "Training")
+    assert any("queued in Kueue LocalQueue team-a" in m for m in cluster.event_messages(name))

@@ -300,6 +300,15 @@ def test_suspend_priority_and_deadlines_reach_the_run_policy() -> None:
     assert ptj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["priorityClassName"] == "batch"
 
 
+@pytest.mark.parametrize("backend", [render.PYTORCHJOB, render.TRAINJOB])
+def test_a_held_job_is_rendered_out_of_kueues_sight_until_resumed(backend: str) -> None:
+    # Kueue would admit and start a queued job at once; the operator adds the label on resume.
+    held = render.build_children(_job(suspend=True, queueName="team-a"), SETTINGS, backend)[-1]
+    queued = render.build_children(_job(queueName="team-a"), SETTINGS, backend)[-1]
+    assert "kueue.x-k8s.io/queue-name" not in held["metadata"].get("labels", {})
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
 def test_custom_tolerations_and_host_network_pass_through() -> None:
     job = _job(
         resources={"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}]},

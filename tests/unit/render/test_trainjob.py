@@ -151,6 +151,10 @@ def test_pod_level_fields_and_queue_labels_reach_the_runtime_and_trainjob() -> N
     assert jobset["ttlSecondsAfterFinished"] == 600
     assert jobset["replicatedJobs"][0]["template"]["spec"]["backoffLimit"] == 2
     assert trainjob["spec"]["suspend"] is True and trainjob["spec"]["activeDeadlineSeconds"] == 3600
+    # Held (suspend): Kueue's priority but not its queue until resumed (test_render.py says why).
+    assert trainjob["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "urgent"
+    job.spec.suspend = False
+    runtime, trainjob = _pair(job)
     labels = trainjob["metadata"]["labels"]
     assert labels["kueue.x-k8s.io/queue-name"] == "team-a" and labels["kueue.x-k8s.io/priority-class"] == "urgent"
     assert "kueue.x-k8s.io/queue-name" not in runtime["metadata"]["labels"]
