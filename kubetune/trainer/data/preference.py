@@ -199,6 +199,7 @@ def encode_pairs(
         # A token spanning the end of the prompt stays in the prompt (as TRL does): common prefix of the three.
         n = min(_common(prompt_ids, chosen_full), _common(prompt_ids, rejected_full))
         prompt, chosen, rejected = prompt_ids[:n], chosen_full[n:], rejected_full[n:]
+        chosen, rejected = _with_eos(chosen, template, tokenizer), _with_eos(rejected, template, tokenizer)
         n_full = n + max(len(chosen), len(rejected))
         if n >= cutoff_len or not chosen or not rejected:
             reason = f"no answer token within cutoffLen {cutoff_len}: the prompt alone is {n} tokens"
@@ -208,6 +209,12 @@ def encode_pairs(
         status = TRUNCATED if n_full > cutoff_len else OK
         _append(out, prompt, chosen[:room], rejected[:room], n_full, status, "")
     return out
+
+
+def _with_eos(answer: list[int], template: ChatTemplate, tokenizer: Any) -> list[int]:
+    """An efficient-eos template (glm4, gemma2) leaves eos out of the answer's text; LLaMA-Factory's
+    pairwise and feedback processors append it to each answer, so the model learns to stop."""
+    return [*answer, tokenizer.eos_token_id] if answer and template.efficient_eos else answer
 
 
 def render_pair(
@@ -398,18 +405,19 @@ def encode_tagged(
             continue
         prompt_ids, full = encodings[2 * i].ids, encodings[2 * i + 1].ids
         n = _common(prompt_ids, full)
-        prompt, answer = full[:n], full[n:]
-        if n >= cutoff_len or not answer:
+        prompt, answer = full[:n], _with_eos(full[n:], template, tokenizer)
+        n_full = n + len(answer)
+        if n >= cutoff_len or not full[n:]:
             append(
                 [],
                 [],
                 label,
-                len(full),
+                n_full,
                 DROPPED,
                 f"no answer token within cutoffLen {cutoff_len}: the prompt alone is {n} tokens",
             )
             continue
-        append(prompt, answer[: cutoff_len - n], label, len(full), TRUNCATED if len(full) > cutoff_len else OK, "")
+        append(prompt, answer[: cutoff_len - n], label, n_full, TRUNCATED if n_full > cutoff_len else OK, "")
     return out
 
 

@@ -165,3 +165,22 @@ def test_data_check_previews_the_eos_labels(tokenizer: Any, write_jsonl: Any) ->
     assert report.train_examples == 1
     eos = tokenizer.eos_token
     assert f"[[\nThe answer is 4.]][[{eos}]]<|user|>\nAnd 3+3?<|assistant|>[[\nIt is 6.{eos}]]" in preview
+
+
+@pytest.mark.parametrize("name", ["glm4", "gemma2", "qwen"])
+def test_preference_answers_end_with_eos_as_llamafactory_appends_it(tokenizer: Any, name: str) -> None:
+    # LF's pairwise.py / feedback.py append eos to each answer of an efficient_eos template; the
+    # others end their answers with the template's own end-of-turn text already.
+    from kubetune.trainer.data.preference import encode_pairs, encode_tagged
+
+    template = resolve_template(name, tokenizer)
+    prompt = [{"role": "user", "content": "What is 2+2?"}]
+    common = {"tokenizer": tokenizer, "template": template, "cutoff_len": 4096, "train_on": "assistant"}
+    pairs = encode_pairs({"prompt": [prompt], "chosen": ["4."], "rejected": ["Five."], "tools": [None]}, **common)
+    tagged = encode_tagged({"prompt": [prompt], "answer": ["4."], "desirable": [True], "tools": [None]}, **common)
+    eos = tokenizer.eos_token_id
+    answers = [pairs["chosen_ids"][0], pairs["rejected_ids"][0], tagged["completion_ids"][0]]
+    if template.efficient_eos:
+        assert all(a[-1] == eos and eos not in a[:-1] for a in answers), answers
+    else:
+        assert all(a.count(eos) <= 1 for a in answers), "an eos appended twice"
