@@ -128,31 +128,20 @@ class Kube:
 
     # ---- Kueue -------------------------------------------------------------------------------
 
-    def workloads_of(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
-        """The Kueue Workloads owned by a training job (none where Kueue is not installed)."""
+    def workloads_of(self, namespace: str, owner_uid: str) -> list[dict[str, Any]] | None:
+        """The Kueue Workloads owned by a training job; None where Kueue is not installed."""
         group, version, plural = WORKLOAD
         try:
             listed = self.custom.list_namespaced_custom_object(group, version, namespace, plural)
         except ApiException as exc:
             if exc.status == 404:
-                return []
+                return None
             raise
         return [
             dict(w)
             for w in listed.get("items") or []
             if any(ref.get("uid") == owner_uid for ref in (w.get("metadata") or {}).get("ownerReferences") or [])
         ]
-
-    def serves_workloads(self, namespace: str) -> bool:
-        """Whether Kueue is installed (its Workload resource is served)."""
-        group, version, plural = WORKLOAD
-        try:
-            self.custom.list_namespaced_custom_object(group, version, namespace, plural, limit=1)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
 
     def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         group, version, plural = WORKLOAD

@@ -206,8 +206,9 @@ class Reconciler:
             child = self.kube.get_job(job_api, namespace, child_name) if body and job_api else None
             if body is None or job_api is None or child is None or not _owned_by(child, body["metadata"].get("uid")):
                 return  # not created yet: it will be rendered with the current spec.suspend
-            handed = not suspend and self._hand_to_queue(body, job_api, child)
-            if self._hold_in_queue(body, job_api, child, suspend) or handed:
+            workloads = self.kube.workloads_of(namespace, child["metadata"]["uid"])  # None: no Kueue
+            handed = not suspend and workloads is not None and self._hand_to_queue(body, job_api, child)
+            if self._hold_in_queue(body, job_api, child, suspend, workloads or []) or handed:
                 return
             if job_api.suspended(child) is suspend:
                 return
@@ -217,8 +218,8 @@ class Reconciler:
 
     def _hand_to_queue(self, body: Mapping[str, Any], job_api: JobApi, child: Mapping[str, Any]) -> bool:
         """Resume a job that was created held, out of Kueue's sight (render/pod.py `queue_labels`):
-        add Kueue's labels and leave the job suspended for Kueue to admit and start. False when
-        there is nothing to hand over (no queue, labels already there) or Kueue is not installed."""
+        add Kueue's labels and leave the job suspended for Kueue to admit and start (only where Kueue
+        is installed). False when there is nothing to hand over (no queue, labels already there)."""
         meta = child.get("metadata") or {}
         try:
             wanted = queue_labels(parse_job(_as_manifest(body)), held=False)
@@ -226,8 +227,6 @@ class Reconciler:
             return False  # a spec the operator refused: the status already says so
         labels = meta.get("labels") or {}
         if QUEUE_NAME_LABEL not in wanted or QUEUE_NAME_LABEL in labels:
-            return False
-        if not self.kube.serves_workloads(meta["namespace"]):
             return False
         self.kube.patch_job(job_api, meta["namespace"], meta["name"], {"metadata": {"labels": wanted}})
         self._event(
@@ -238,17 +237,23 @@ class Reconciler:
         )
         return True
 
-    def _hold_in_queue(self, body: Mapping[str, Any], job_api: JobApi, child: Mapping[str, Any], suspend: bool) -> bool:
+    def _hold_in_queue(
+        self,
+        body: Mapping[str, Any],
+        job_api: JobApi,
+        child: Mapping[str, Any],
+        suspend: bool,
+        workloads: list[dict[str, Any]],
+    ) -> bool:
         """Suspend or resume a job that Kueue manages through its Workload's spec.active: Kueue
         un-suspends an admitted job, so patching the job's own suspend would be reverted (and the
         job would train on). A deactivated Workload is evicted, its job suspended by Kueue and not
         admitted again until activated. False when the child has no Workload (Kueue not installed,
         or it has not made one yet): then the job's suspend is set directly, and this runs again
         on the job's next change (sync_status) to catch a revert."""
+        # `workloads`: the child's, also without a queue label (Kueue's manageJobsWithoutQueueName).
         meta = child.get("metadata") or {}
-        # Also without a queue label: Kueue's manageJobsWithoutQueueName makes Workloads for those.
         namespace = meta["namespace"]
-        workloads = self.kube.workloads_of(namespace, meta["uid"])
         for workload in workloads:
             active = ((workload.get("spec") or {}).get("active")) is not False
             if active is suspend:
@@ -319,7 +324,9 @@ class Reconciler:
             if child is not None and not _owned_by(child, uid):
                 child = None
             if child is not None and (body.get("spec") or {}).get("suspend") and not job_api.suspended(child):
-                self._hold_in_queue(body, job_api, child, True)  # Kueue admitted a job the user suspended
+                # Kueue admitted a job the user suspended
+                workloads = self.kube.workloads_of(namespace, child["metadata"]["uid"]) or []
+                self._hold_in_queue(body, job_api, child, True, workloads)
             observed = st.Observed(
                 generation=body["metadata"].get("generation"),
                 spec=body.get("spec") or {},
