@@ -198,15 +198,21 @@ def _head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     except ClientError as exc:
         if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 404:
             raise
-    try:  # HEAD answers a bare 404 for both: tell a missing bucket from a missing key
+    # HEAD answers a bare 404 for both: tell a missing bucket from a missing key
+    _require_bucket(client, bucket, f"cannot read s3://{bucket}/{key}")
+    return None
+
+
+def _require_bucket(client: Any, bucket: str, where: str) -> None:
+    """Raise a StorageError naming the bucket when it does not exist (HeadBucket answers 404)."""
+    from botocore.exceptions import ClientError
+
+    try:
         client.head_bucket(Bucket=bucket)
     except ClientError as exc:
         if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-            raise StorageError(
-                f"cannot read s3://{bucket}/{key}: bucket {bucket} does not exist", "create it or fix the URI"
-            ) from None
+            raise StorageError(f"{where}: bucket {bucket} does not exist", "create it or fix the URI") from None
         raise
-    return None
 
 
 def exists(uri: str, opts: StorageOptions | None = None) -> bool:
@@ -395,17 +401,8 @@ def check_writable(uri: str, opts: StorageOptions | None = None) -> None:
     bucket, key = split_s3(probe)
 
     def remote() -> None:
-        from botocore.exceptions import ClientError
-
         client = opts.client()
-        try:
-            client.head_bucket(Bucket=bucket)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                raise StorageError(
-                    f"cannot write to {uri}: bucket {bucket} does not exist", "create it or fix the URI"
-                ) from None
-            raise
+        _require_bucket(client, bucket, f"cannot write to {uri}")
         client.put_object(Bucket=bucket, Key=key, Body=b"")
         client.delete_object(Bucket=bucket, Key=key)
 
